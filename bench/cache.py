@@ -1,0 +1,73 @@
+"""Content-addressed store of tensors: safetensors + a JSON sidecar holding the file's sha256.
+
+An entry lives at <root>/<kind>/<key>/ where key hashes everything that determines its content
+(config, data fingerprint, code version). `load` verifies the sha256 before use; a corrupted or
+half-written entry is reported and treated as missing, so the caller rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bench.io import atomic_write_json
+
+DEFAULT_ROOT = Path(os.environ.get("DMVAE_CACHE", Path.home() / ".cache" / "dmvae-bench"))
+
+
+def content_key(*parts) -> str:
+    """A short sha256 over JSON-serialisable parts (sorted keys, so dict order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cache:
+    """Save and load named tensors under (kind, key)."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root else DEFAULT_ROOT
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The entry's tensors and metadata, or None when missing or corrupted (then removed)."""
+        d = self.path(kind, key)
+        meta_file, data_file = d / "meta.json", d / "tensors.safetensors"
+        if not meta_file.is_file():
+            return None
+        try:
+            meta = json.loads(meta_file.read_text())
+            if sha256_file(data_file) != meta["sha256"]:
+                raise ValueError("sha256 mismatch")
+            tensors = load_file(str(data_file))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            warnings.warn(f"cache entry {d} is corrupted ({e}); rebuilding it", stacklevel=2)
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+        return tensors, meta
+
+    def save(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+        """Write tensors then the sidecar (the sidecar last: an entry without it does not exist)."""
+        d = self.path(kind, key)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / ".tensors.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, d / "tensors.safetensors")
+        meta = {**meta, "sha256": sha256_file(d / "tensors.safetensors"), "key": key, "kind": kind}
+        atomic_write_json(d / "meta.json", meta)
+        return meta

@@ -1,0 +1,1 @@
+"""The DMVAE core: flow matching, score networks, the distribution-matching update."""

@@ -1,0 +1,100 @@
+"""The interface every reference prior implements, and the settings the runner hands it.
+
+A prior serves latents of one shape (C, h, w) on the study's latent grid. Its life cycle:
+
+    prior = PriorClass(settings, data)     # cheap: nothing is trained or read yet
+    prior.build(cache)                     # builds (or loads from the cache) its reference latents
+    z, y = prior.sample(n, generator)      # n draws (n, C, h, w) with labels (n,)
+    prior.provenance()                     # what it was built from: nets, weights + sha256, settings
+
+Labels: every prior returns labels so that S_real can be class-conditional; for priors whose
+latents do not depend on the class (`info.class_conditional == False`) the labels are drawn from
+the dataset's class frequencies and carry no information about z.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+
+from bench.cache import Cache
+
+
+@dataclass(frozen=True)
+class PriorInfo:
+    """Metadata is data: shown in every table next to the prior's numbers."""
+
+    name: str
+    description: str
+    paper_row: str                 # the row of the paper's Table 1 it reproduces
+    version: str                   # bump when the prior's maths changes
+    class_conditional: bool        # do the latents depend on the label?
+    feature_kind: str | None = None  # dino | resnet | text | vae | None (analytic)
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    """What the runner decides for all priors of a study (one config path: bench/config.py)."""
+
+    latent_channels: int = 4
+    latent_size: int = 8               # h = w of the latent grid
+    features: str = "auto"             # pretrained | local | auto (pretrained when weights exist)
+    weights_dir: str | None = None
+    size: str = "cpu"                  # training budget of local nets: smoke | cpu | gpu
+    seed: int = 0
+    captions_file: str | None = None   # text prior: one caption per train image
+    subdino_classes: tuple[int, ...] | None = None  # None: the documented default subset
+    noise_t: float = 0.5               # noise prior: t of z_t = t z + (1 - t) eps (flow.py)
+    gmm_components: int = 10
+
+    def __post_init__(self):
+        if self.features not in ("pretrained", "local", "auto"):
+            raise ValueError(f"features must be pretrained, local or auto, got '{self.features}'")
+
+
+class Prior:
+    """Base class; subclasses set `info` and implement `_build` and `sample`."""
+
+    info: ClassVar[PriorInfo]
+
+    def __init__(self, settings: PriorSettings, data=None):
+        self.settings = settings
+        self.data = data                   # bench.data.Splits, or None for analytic priors
+        self.built = False
+        self._provenance: dict = {}
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.settings
+        return (s.latent_channels, s.latent_size, s.latent_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes if self.data is not None else 1
+
+    def build(self, cache: Cache | None = None) -> "Prior":
+        """Build the reference latents (idempotent; uses the content-addressed cache)."""
+        if not self.built:
+            self._build(cache or Cache())
+            self.built = True
+        return self
+
+    def _build(self, cache: Cache) -> None:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """n latents (n, C, h, w) float32 and labels (n,) long."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """Everything needed to know what this prior was: info, settings, sources, hashes."""
+        return {"info": asdict(self.info), "latent_shape": list(self.latent_shape),
+                **self._provenance}
+
+    def _labels(self, n: int, generator) -> torch.Tensor:
+        """Labels drawn from the train split's class frequencies (uniform without data)."""
+        if self.data is None:
+            return torch.zeros(n, dtype=torch.long)
+        counts = torch.bincount(self.data.train.labels, minlength=self.data.num_classes).double()
+        return torch.multinomial(counts, n, replacement=True, generator=generator)
