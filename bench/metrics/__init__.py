@@ -1,0 +1,1 @@
+"""Evaluation pipeline: features -> statistics -> distance, each step cached by content hash."""
