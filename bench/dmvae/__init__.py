@@ -1,0 +1,22 @@
+"""The training stages of one prior's DMVAE run (METHOD.md sections 2 and 3), as library functions.
+
+    s_real, norm = train_teacher(prior, TEACHER_PRESETS[p])                        # teacher.py
+    start = pretrain_autoencoder(images, prior.latent_shape, PRETRAIN_PRESETS[p],  # stage.py
+                                 DMVAE_PRESETS[p].tokenizer)
+    enc, dec, s_fake, hist = train_dmvae(images, labels, prior, s_real, norm, DMVAE_PRESETS[p], start)
+    model, ckpts, ghist = train_generator(encode_latents(enc, images, norm), labels, K,
+                                          GENERATOR_PRESETS[p])                    # generator.py
+    images, labels = generate(model, n, K, seed, steps, cfg, decoder=dec, norm=norm)
+
+The vae row replaces the first three lines by `train_vae_baseline` (no S_real, no DM). Every
+training function takes `checkpoint=<path stem>, checkpoint_every=N` to resume after a kill, and
+runs unchanged under torchrun (loop.py: same global batch on every rank, averaged gradients).
+"""
+from bench.dmvae.autoencoder import TOKENIZER_PRESETS, TokenizerConfig, build_tokenizer  # noqa: F401
+from bench.dmvae.generator import (GENERATOR_PRESETS, GeneratorConfig, encode_latents, generate,  # noqa: F401
+                                   load_checkpoint, train_generator)
+from bench.dmvae.latent_norm import LatentNorm, measure_norm  # noqa: F401
+from bench.dmvae.stage import (DMVAE_PRESETS, PRETRAIN_PRESETS, DMVAEConfig, PretrainConfig, Start,  # noqa: F401
+                               encode, pretrain_autoencoder, train_dmvae, train_vae_baseline)
+from bench.dmvae.teacher import (SCORE_NET_SIZES, TEACHER_PRESETS, TeacherConfig, build_score_net,  # noqa: F401
+                                 train_teacher)

@@ -1,0 +1,171 @@
+"""The downstream generator (METHOD.md 3.5): a fresh class-conditional flow-matching DiT on the
+normalised DMVAE latents of the train set, and sampling that does not depend on batch or world size.
+
+Checkpoints: EMA state dicts at fixed fractions of training (the convergence curve's x-axis is
+the fraction times the number of epochs, epochs = steps * batch / train images).
+Sampling: sample i (a global index) has label i mod num_classes and its own noise, drawn from
+torch.Generator seeded with seed * 1_000_003 + i, so any batch size, shard or world size gives
+the same samples; latents are de-normalised (LatentNorm.invert) and decoded to images in [-1, 1].
+
+| preset | net | patch | steps | batch | lr | ema | checkpoints at |
+|---|---|---|---|---|---|---|---|
+| smoke | P | 2 | 20   | 16  | 1e-3 | 0.9    | 0.5, 1 |
+| cpu   | P | 2 | 1000 | 64  | 1e-3 | 0.99   | 0.25, 0.5, 0.75, 1 |
+| gpu   | B | 1 | 40k  | 256 | 2e-4 | 0.9999 | 0.125 ... 1 (8) |
+| paper | XL | 1 | 400k | 256 | 1e-4 | 0.9999 | 0.125 ... 1 (8) |
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from bench import distributed as D
+from bench.core.ema import ema_update, make_ema
+from bench.core.flow import TimeSampler, flow_matching_loss, sample_ode
+from bench.dmvae.latent_norm import LatentNorm
+from bench.dmvae.loop import Resumable, average_gradients, seed_noise, shard_batch
+from bench.dmvae.teacher import build_score_net
+from bench.features.local_dino import cosine_lr, log_progress
+
+SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
+EIGHTHS = tuple(i / 8 for i in range(1, 9))
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The downstream DiT: same size and budget for every prior."""
+
+    net: str = "P"               # a SCORE_NET_SIZES key (teacher.py)
+    patch: int = 2
+    pos: str = "rope"
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 50
+    ema_decay: float = 0.99
+    label_dropout: float = 0.1   # trains the unconditional branch, so sampling may use CFG
+    grad_clip: float = 1.0
+    checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # fractions of `steps`
+    seed: int = 0
+    log_every: int = 200
+
+
+GENERATOR_PRESETS = {
+    "smoke": GeneratorConfig(steps=20, batch=16, lr=1e-3, warmup=5, ema_decay=0.9, checkpoints=(0.5, 1.0),
+                             log_every=0),
+    "cpu": GeneratorConfig(),
+    "gpu": GeneratorConfig(net="B", patch=1, steps=40_000, batch=256, lr=2e-4, warmup=1000, ema_decay=0.9999,
+                           checkpoints=EIGHTHS, log_every=2000),
+    "paper": GeneratorConfig(net="XL", patch=1, steps=400_000, batch=256, lr=1e-4, warmup=1000,
+                             ema_decay=0.9999, checkpoints=EIGHTHS, log_every=10_000),
+}
+
+
+@torch.no_grad()
+def encode_latents(encoder: nn.Module, images: torch.Tensor, norm: LatentNorm, batch: int = 256) -> torch.Tensor:
+    """Normalised latents (N, C, h, w) of images, on CPU: the downstream model's training data."""
+    dev = next(encoder.parameters()).device
+    encoder.eval()
+    return torch.cat([norm.apply(encoder(x.to(dev)).float()).cpu() for x in images.split(batch)])
+
+
+def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:
+    """The step (1-based count of updates done) of each checkpoint fraction."""
+    if not all(0 < f <= 1 for f in cfg.checkpoints):
+        raise ValueError(f"checkpoint fractions must lie in (0, 1], got {cfg.checkpoints}")
+    return sorted({max(1, round(f * cfg.steps)) for f in cfg.checkpoints})
+
+
+def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
+                    checkpoint: str | None = None, checkpoint_every: int = 0) -> tuple[nn.Module, list[dict], dict]:
+    """Flow matching on normalised latents (N, C, h, w) with labels (N,).
+
+    Returns the final EMA model (eval), the checkpoints [{fraction, step, epoch, state_dict}]
+    (EMA weights, CPU tensors) and a history {losses, seconds, img_per_s, config}. `checkpoint`
+    (a path stem) makes the loop resumable (loop.py).
+    """
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    device = D.device()
+    net = build_score_net(cfg.net, tuple(latents.shape[1:]), num_classes, cfg.patch, cfg.pos).to(device)
+    ema = make_ema(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    times, keep = TimeSampler(), set(checkpoint_steps(cfg))
+    seed_noise(cfg.seed)
+    resume = Resumable(checkpoint, checkpoint_every)
+    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g)
+    checkpoints, rows, window = extra.get("checkpoints", []), extra.get("rows", []), extra.get("window", [])
+    t0 = time.time()
+    for step in range(first, cfg.steps):
+        idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
+        loss = flow_matching_loss(net, latents[idx].to(device), labels[idx].to(device), times, cfg.label_dropout)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"generator stage: non-finite flow-matching loss ({loss.item()}) at step {step}; "
+                               f"lower the learning rate or check the latents for NaN/inf.")
+        for grp in opt.param_groups:
+            grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(net.parameters())
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, net, cfg.ema_decay)
+        window.append(loss.item())
+        done = step + 1
+        if done in keep:
+            checkpoints.append({"fraction": done / cfg.steps, "step": done,
+                                "epoch": done * cfg.batch / len(latents),
+                                "state_dict": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}})
+        if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+            rows.append({"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)})
+            window = []
+        log_progress("generator", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+        resume.maybe_save(done, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g,
+                          {"checkpoints": checkpoints, "rows": rows, "window": window})
+    seconds = time.time() - t0
+    history = {"losses": rows, "seconds": seconds, "img_per_s": (cfg.steps - first) * cfg.batch / max(seconds, 1e-9),
+               "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(latents), "resumed_from": first}
+    return ema.eval().requires_grad_(False), checkpoints, history
+
+
+def load_checkpoint(checkpoint: dict, latent_shape: tuple[int, int, int], num_classes: int,
+                    cfg: GeneratorConfig) -> nn.Module:
+    """The model of one checkpoint entry (eval, no grad)."""
+    net = build_score_net(cfg.net, latent_shape, num_classes, cfg.patch, cfg.pos)
+    net.load_state_dict(checkpoint["state_dict"])
+    return net.eval().requires_grad_(False)
+
+
+def sample_noise(n: int, shape: tuple[int, ...], seed: int, first: int = 0) -> torch.Tensor:
+    """Noise (n, *shape) of global sample indices first .. first + n - 1, one generator per index."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + i))
+                        for i in range(first, first + n)])
+
+
+@torch.no_grad()
+def generate(model: nn.Module, n: int, num_classes: int, seed: int, steps: int = 50, cfg: float = 1.0, *,
+             decoder: nn.Module | None = None, norm: LatentNorm | None = None, first: int = 0,
+             batch_size: int = 64, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of global indices first .. first + n - 1: (images or normalised latents, labels).
+
+    Labels are class-balanced (index i gets label i mod num_classes). With a decoder, the latents
+    go through norm.invert and the decoder, and images come back clamped to [-1, 1]; without one,
+    the normalised latents come back. Sampler: Euler ODE with `steps` steps and time `shift`.
+    """
+    if decoder is not None and norm is None:
+        raise ValueError("decoding needs the LatentNorm the generator was trained with")
+    dev = next(model.parameters()).device
+    shape = (model.in_channels, model.input_size, model.input_size)
+    out, labels = [], torch.arange(first, first + n) % num_classes
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        noise = sample_noise(hi - lo, shape, seed, first + lo).to(dev)
+        y = labels[lo:hi].to(dev)
+        z = sample_ode(model, noise, y, steps=steps, cfg=cfg, shift=shift)
+        if decoder is not None:
+            z = decoder(norm.invert(z).to(next(decoder.parameters()).device)).clamp(-1, 1)
+        out.append(z.float().cpu())
+    return torch.cat(out), labels

@@ -1,0 +1,118 @@
+"""The teacher S_real: class-conditional flow matching on samples of the reference prior (METHOD.md 3.2).
+
+The latents are normalised first (latent_norm.py, measured on p_r samples); the returned EMA net
+and the LatentNorm belong together: S_fake and the downstream model use the same LatentNorm.
+
+| preset | net | patch | steps | batch | lr | ema |
+|---|---|---|---|---|---|---|
+| smoke | P | 2 | 30   | 16  | 1e-3 | 0.9   |
+| cpu   | P | 2 | 500  | 64  | 1e-3 | 0.99  |
+| gpu   | B | 1 | 20k  | 256 | 2e-4 | 0.999 |
+| paper | L | 1 | 100k | 256 | 1e-4 | 0.9999 |
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from bench import distributed as D
+from bench.core.dit import DIT_SIZES, DiT
+from bench.core.ema import ema_update, make_ema
+from bench.core.flow import TimeSampler, flow_matching_loss
+from bench.dmvae.latent_norm import LatentNorm, measure_norm
+from bench.dmvae.loop import Resumable, average_gradients, seed_noise, shard_batch
+from bench.errors import unknown
+from bench.features.local_dino import cosine_lr, log_progress
+
+
+# Score-net sizes: bench/core/dit.py's table plus "P", a pico net for smoke runs and tests (about
+# 5x faster per step than "T" on a CPU, where "T" is dominated by per-op overhead at tiny grids).
+SCORE_NET_SIZES = {"P": dict(depth=2, hidden=64, heads=2), **DIT_SIZES}
+
+
+def build_score_net(net: str, latent_shape: tuple[int, int, int], num_classes: int, patch: int = 1,
+                    pos: str = "rope") -> DiT:
+    """A fresh velocity DiT of a SCORE_NET_SIZES size for latents (C, h, h), `num_classes` labels (+1 null)."""
+    if net not in SCORE_NET_SIZES:
+        raise unknown("score-net size", net, SCORE_NET_SIZES)
+    c, h, _ = latent_shape
+    return DiT(input_size=h, in_channels=c, num_classes=num_classes, patch_size=patch, pos=pos,
+               **SCORE_NET_SIZES[net])
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Training of S_real (S_fake is its copy, so it shares the size); defaults are the cpu preset."""
+
+    net: str = "P"               # a SCORE_NET_SIZES key
+    patch: int = 2
+    pos: str = "rope"
+    steps: int = 500
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 25
+    ema_decay: float = 0.99
+    label_dropout: float = 0.1   # trains the unconditional branch for CFG (METHOD.md 3.2)
+    grad_clip: float = 1.0
+    norm_samples: int = 4096     # prior draws that measure the latent normalisation
+    seed: int = 0
+    log_every: int = 100
+
+
+TEACHER_PRESETS = {
+    "smoke": TeacherConfig(steps=30, batch=16, lr=1e-3, warmup=5, ema_decay=0.9, norm_samples=512,
+                           log_every=0),
+    "cpu": TeacherConfig(),
+    "gpu": TeacherConfig(net="B", patch=1, steps=20_000, batch=256, lr=2e-4, warmup=500, ema_decay=0.999,
+                         log_every=1000),
+    "paper": TeacherConfig(net="L", patch=1, steps=100_000, batch=256, lr=1e-4, warmup=1000,
+                           ema_decay=0.9999, norm_samples=50_000, log_every=5000),
+}
+
+
+def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoint: str | None = None,
+                  checkpoint_every: int = 0) -> tuple[nn.Module, LatentNorm]:
+    """S_real (the frozen EMA net, eval mode) trained on normalised prior samples, and the LatentNorm.
+
+    `stats`, when given, is filled with the final loss, timings and img/s; `checkpoint` (a path
+    stem) makes the loop resumable (loop.py).
+    """
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    device = D.device()
+    norm = measure_norm(prior.sample(cfg.norm_samples, g)[0], f"prior '{prior.info.name}' samples")
+    net = build_score_net(cfg.net, prior.latent_shape, prior.num_classes, cfg.patch, cfg.pos).to(device)
+    ema = make_ema(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    times = TimeSampler()
+    seed_noise(cfg.seed)
+    resume = Resumable(checkpoint, checkpoint_every)
+    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g)
+    losses, t0 = extra.get("losses", []), time.time()
+    for step in range(first, cfg.steps):
+        z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
+        loss = flow_matching_loss(net, norm.apply(z).to(device), y.to(device), times, cfg.label_dropout)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"teacher (S_real) stage: non-finite flow-matching loss ({loss.item()}) "
+                               f"at step {step}; lower the learning rate or check the prior's samples.")
+        for grp in opt.param_groups:
+            grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(net.parameters())
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, net, cfg.ema_decay)
+        losses.append(loss.item())
+        log_progress("teacher", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+        resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses})
+    seconds = time.time() - t0
+    if stats is not None:
+        tail = losses[-max(1, len(losses) // 10):]  # the last 10% of steps
+        stats.update(config=asdict(cfg), final_loss=sum(tail) / max(1, len(tail)), seconds=seconds,
+                     img_per_s=(cfg.steps - first) * cfg.batch / max(seconds, 1e-9), norm=norm.to_dict(),
+                     resumed_from=first)
+    return ema.eval().requires_grad_(False), norm
