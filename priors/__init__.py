@@ -5,3 +5,5 @@ Importing this package registers the built-in priors; a user's own prior is name
 """
 from priors.registry import available, get_prior, register_prior  # noqa: F401
 from priors import analytic  # noqa: F401,E402  (registers gaussian, gmm)
+from priors import features  # noqa: F401,E402  (registers dino, resnet, subdino, text)
+from priors import autoencoder  # noqa: F401,E402  (registers vae, noise)

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from priors.base import Prior, PriorInfo
+from priors.base import Prior, PriorInfo, check
 from priors.registry import register_prior
 
 
@@ -22,6 +22,13 @@ class Gaussian(Prior):
     def sample(self, n, generator=None):
         z = torch.randn(n, *self.latent_shape, generator=generator)
         return z, self._labels(n, generator)
+
+    def checks(self, generator):
+        z, _ = self.sample(8192, generator)
+        mean, var = z.mean().item(), z.var().item()
+        return super().checks(generator) + [
+            check("mean of all coordinates", mean, "0 +- 0.01", abs(mean) < 0.01),
+            check("variance of all coordinates", var, "1 +- 0.01", abs(var - 1) < 0.01)]
 
 
 @register_prior
@@ -56,3 +63,15 @@ class GMM(Prior):
         comp = y % self.settings.gmm_components
         eps = torch.randn(n, *self.latent_shape, generator=generator)
         return self.means[comp] + self.component_std * eps, y
+
+    def checks(self, generator):
+        z, y = self.sample(8192, generator)
+        comp = y % self.settings.gmm_components
+        err = max((z[comp == k].mean(0) - self.means[k]).abs().mean().item()
+                  for k in comp.unique().tolist())
+        std = torch.stack([z[comp == k].std(0).mean() for k in comp.unique().tolist()]).mean().item()
+        return super().checks(generator) + [
+            check("mean abs error of component means", err, "< 0.05", err < 0.05),
+            check("mean per-component std", std, f"{self.component_std:.4f} +- 0.02",
+                  abs(std - self.component_std) < 0.02),
+            check("aggregate variance", z.var().item(), "1 +- 0.1", abs(z.var().item() - 1) < 0.1)]

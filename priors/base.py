@@ -92,9 +92,21 @@ class Prior:
         return {"info": asdict(self.info), "latent_shape": list(self.latent_shape),
                 **self._provenance}
 
+    def checks(self, generator: torch.Generator) -> list[dict]:
+        """Evidence that the prior is what it claims; subclasses add their own claims."""
+        z, y = self.sample(2048, generator)
+        shape_ok = tuple(z.shape[1:]) == self.latent_shape and len(y) == len(z)
+        return [check("samples have the latent shape and are finite", float(shape_ok),
+                      f"shape {self.latent_shape}", shape_ok and bool(torch.isfinite(z).all()))]
+
     def _labels(self, n: int, generator) -> torch.Tensor:
         """Labels drawn from the train split's class frequencies (uniform without data)."""
         if self.data is None:
             return torch.zeros(n, dtype=torch.long)
         counts = torch.bincount(self.data.train.labels, minlength=self.data.num_classes).double()
         return torch.multinomial(counts, n, replacement=True, generator=generator)
+
+
+def check(claim: str, value: float, expected: str, passed: bool) -> dict:
+    """One row of `run_all.py priors --check`: the claim, what was measured, what it should be."""
+    return {"claim": claim, "value": float(value), "expected": expected, "passed": bool(passed)}

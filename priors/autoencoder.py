@@ -1,0 +1,142 @@
+"""Priors from the suite's own KL-VAE (Table 1 rows VAE-baseline and Difftraj).
+
+No registry ships a pretrained LDM autoencoder (ASSETS.md), so both rows use the KL-VAE of
+bench/features/kl_vae.py, trained here on the train split and cached by content:
+- vae:   its latents (posterior means) over the train set: the baseline without distribution
+         matching, whose aggregate posterior is whatever the KL-VAE learned.
+- noise: the same latents, normalised to zero mean and unit variance (scalar mean and std over
+         the train set, as the suite normalises every latent space), then noised to t = 0.5 with
+         the suite's path z_t = t z + (1 - t) eps (bench/core/flow.py). Fresh eps per draw, so
+         p_r is continuous; its variance is t^2 + (1 - t)^2 = 0.5 at t = 0.5.
+The latent grid is the VAE's: down = resolution / latent_size, channels = latent_channels.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from bench.cache import Cache, content_key
+from bench.core.flow import interpolate
+from bench.data import dataset_fingerprint
+from bench.errors import UserError, unknown
+from bench.features.kl_vae import KLVAE, KLVAE_PRESETS, train_kl_vae
+from priors.base import Prior, PriorInfo, check
+from priors.registry import register_prior
+
+VAE_VERSION = "1"  # bump when the KL-VAE or its latents change
+
+
+class KLVAEPrior(Prior):
+    """Shared: train (or load) the KL-VAE and encode the train split."""
+
+    def __init__(self, settings, data=None):
+        super().__init__(settings, data)
+        if data is None:
+            raise UserError(f"The '{self.info.name}' prior needs a dataset: its latents are a "
+                            f"VAE's encodings of images.")
+        r, s = data.train.images.shape[-1], settings.latent_size
+        if r % s or (r // s) & (r // s - 1):
+            raise UserError(f"The '{self.info.name}' prior needs the image side ({r}) to be a "
+                            f"power-of-two multiple of latent_size ({s}); change --resolution or "
+                            f"the latent size.")
+        size = settings.size if settings.size in KLVAE_PRESETS else "cpu"
+        if settings.size not in KLVAE_PRESETS and settings.size != "gpu":
+            raise unknown("KL-VAE size", settings.size, KLVAE_PRESETS)
+        self.vae_cfg = dataclasses.replace(KLVAE_PRESETS[size], down=r // s,
+                                           latent_ch=settings.latent_channels, seed=settings.seed)
+        self.cache_hit = False
+
+    def _build(self, cache: Cache) -> None:
+        fp = dataset_fingerprint(self.data)
+        cfg = dataclasses.asdict(self.vae_cfg)
+        net_key = content_key("featnet", "kl_vae", VAE_VERSION, cfg, fp)
+        hit = cache.load("featnet", net_key)
+        if hit is not None:
+            self.vae = KLVAE(self.data.channels, self.vae_cfg.down, self.vae_cfg.latent_ch,
+                             self.vae_cfg.width)
+            self.vae.load_state_dict(hit[0])
+            self.cache_hit = True
+        else:
+            self.vae = train_kl_vae(self.data.train.images, self.vae_cfg)
+            cache.save("featnet", net_key, self.vae.state_dict(),
+                       {"network": "KL-VAE (bench/features/kl_vae.py)", "config": cfg})
+        self.vae.eval().requires_grad_(False)
+        self.z_train = self.encode_images(self.data.train.images)       # (N, C, h, w)
+        self.y_train = self.data.train.labels
+        self.mean, self.std = self.z_train.mean().item(), self.z_train.std().item()
+        self._provenance = {
+            "feature_source": "local",
+            "network": {"name": "suite KL-VAE (stands in for the paper's LDM autoencoder, which "
+                                "no registry ships)", "config": cfg,
+                        "cache": {"kind": "featnet", "key": net_key}, "version": VAE_VERSION},
+            "latent_mean": self.mean, "latent_std": self.std}
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """Posterior means of the VAE, (N, C, h, w)."""
+        return torch.cat([self.vae.encode(x)[0] for x in images.split(batch)])
+
+    def _draw(self, n, generator):
+        idx = torch.randint(len(self.z_train), (n,), generator=generator)
+        return self.z_train[idx], self.y_train[idx]
+
+    @torch.no_grad()
+    def _psnr_test(self) -> tuple[float, float]:
+        """PSNR of the VAE on test images, and of the mean train image as a floor to beat."""
+        x = self.data.test.images[:1000]
+        rec = self.vae.decode(self.encode_images(x)).clamp(-1, 1)
+        mean_img = self.data.train.images.mean(0, keepdim=True).expand_as(x)
+        return _psnr(rec, x), _psnr(mean_img, x)
+
+
+@register_prior
+class VAE(KLVAEPrior):
+    """The baseline row: a KL-VAE's latents, no distribution matching."""
+
+    info = PriorInfo(name="vae", description="KL-regularised VAE latents (the baseline without "
+                     "distribution matching)", paper_row="VAE-baseline", version="1",
+                     class_conditional=True, feature_kind="vae")
+
+    def sample(self, n, generator=None):
+        return self._draw(n, generator)
+
+    def checks(self, generator):
+        psnr, floor = self._psnr_test()
+        return super().checks(generator) + [
+            check("KL-VAE reconstruction PSNR on test (dB)", psnr,
+                  f"> {floor + 3:.1f} (mean-image PSNR + 3 dB)", psnr > floor + 3)]
+
+
+@register_prior
+class Noise(KLVAEPrior):
+    """Table 1's Difftraj row: autoencoder latents noised to t = 0.5."""
+
+    info = PriorInfo(name="noise", description="KL-VAE latents, normalised, noised to t = 0.5 "
+                     "(a point on the diffusion trajectory)", paper_row="Difftraj", version="1",
+                     class_conditional=True, feature_kind="vae")
+
+    def _build(self, cache):
+        super()._build(cache)
+        self._provenance.update(noise_t=self.settings.noise_t,
+                                path="z_t = t * (z - mean) / std + (1 - t) * eps")
+
+    def sample(self, n, generator=None):
+        z, y = self._draw(n, generator)
+        z = (z - self.mean) / self.std
+        eps = torch.randn(z.shape, generator=generator)
+        return interpolate(z, eps, torch.full((n,), self.settings.noise_t)), y
+
+    def checks(self, generator):
+        t = self.settings.noise_t
+        z, _ = self.sample(8192, generator)
+        want = t**2 + (1 - t) ** 2
+        return super().checks(generator) + [
+            check(f"variance of the noised latents (t = {t})", z.var().item(),
+                  f"{want:.3f} +- 0.02 (t^2 + (1-t)^2)", abs(z.var().item() - want) < 0.02)]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of images in [-1, 1], on the [0, 1] scale."""
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
