@@ -10,15 +10,14 @@ Bad input ends with one paragraph on stderr (exit code 2), never a bare tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 from bench.errors import UserError, unknown
 
 COMMANDS = ("toy2d", "report", "priors")
-
-# The study's prior names (METHOD.md section 4). The registry that builds them is issue #3.
-PLANNED_PRIORS = ("gaussian", "gmm", "text", "resnet", "dino", "subdino", "noise", "vae")
 
 EPILOG = """sub-commands:
   (none)   the prior study: one DMVAE per prior, rFID / gFID / convergence / t-SNE, reports
@@ -52,27 +51,77 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _study(argv) -> int:
+    from bench.study.config import STUDY_PRESETS
+    from bench.study.stages import ORDER
+
     p = _Parser(prog="run_all.py", description="DMVAE latent-prior benchmark: trains one DMVAE "
                 "per reference prior and compares reconstruction and generation.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--priors", default="gaussian,text,resnet,dino,noise",
-                   help="comma-separated prior names (see 'run_all.py priors')")
-    p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu | paper")
+                   help="comma-separated prior names or module:Class (see 'run_all.py priors')")
+    p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(STUDY_PRESETS)}")
     p.add_argument("--out", default="runs/study", help="output folder")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--config", help="JSON file of settings (nested objects for the stage configs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, dotted for stage configs: --set dmvae.lr=1e-4 (repeatable)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help=f"recompute a stage and the stages after it: one of {', '.join(ORDER)}, all")
+    p.add_argument("--ablate", metavar="KEY=V1,V2",
+                   help="run the study once per value of one setting (shared stage outputs), into "
+                        "<out>/ablate/KEY=V/")
+    _add_prior_args(p, size=False, defaults=False)
     args = p.parse_args(argv)
-    priors = [s.strip() for s in args.priors.split(",") if s.strip()]
+    from bench.config import resolve, to_dict
+    from bench.study.config import StudyConfig
+    from priors.registry import get_prior
+
+    if args.preset not in STUDY_PRESETS:
+        raise unknown("preset", args.preset, STUDY_PRESETS)
+    priors = _split(args.priors)
+    if not priors:
+        raise UserError("--priors is empty; name at least one prior (see 'run_all.py priors').")
     for name in priors:
-        if name not in PLANNED_PRIORS and ":" not in name:
-            raise unknown("prior", name, PLANNED_PRIORS)
-    print("The prior study is not built yet: the reference priors (issue #3) and the DMVAE "
-          "runner with rFID/gFID/t-SNE and reports (issues #4, #5) are still open, so no study "
-          f"metric is computed for {', '.join(priors)}.")
+        get_prior(name)  # unknown names answer with the registered list
+    for stage in args.force:
+        if stage not in (*ORDER, "all"):
+            raise unknown("stage", stage, (*ORDER, "all"))
+    extra = {"dataset": args.dataset, "data_root": args.data_root, "resolution": args.resolution,
+             "limit": args.limit, "features": args.features, "weights_dir": args.weights_dir, "seed": args.seed}
+    runs = [(None, args.set)]
+    if args.ablate:
+        key, _, values = args.ablate.partition("=")
+        if not key or not _split(values):
+            raise UserError(f"--ablate '{args.ablate}' is not of the form KEY=V1,V2; for example "
+                            f"--ablate dmvae.dm_weight=1,10.")
+        runs = [(f"{key}={v}", [*args.set, f"{key}={v}"]) for v in _split(values)]
+    cfgs = [(tag, resolve(StudyConfig, STUDY_PRESETS, args.preset, args.config, sets, extra=extra))
+            for tag, sets in runs]
     if args.dry_run:
+        import json
+        shown = {tag or "config": to_dict(cfg) for tag, cfg in cfgs}
+        print(json.dumps(shown["config"] if len(shown) == 1 else shown, indent=2))
         return 0
-    print("What exists now is the distribution-matching core; running its 2D toy benchmark "
-          "(run_all.py toy2d) instead.\n")
-    return _toy2d(["--out", str(Path(args.out) / "toy2d")])
+    if args.preset == "paper":
+        print("note: the paper preset needs ImageNet-256 (--data-root) and an accelerator cluster; it is "
+              "not trainable on a CPU machine.")
+    from bench import distributed as D
+    from bench.cache import Cache
+    from bench.runlock import RunLock
+    from bench.study.runner import run_study, summary
+
+    D.init()
+    out = _writable(Path(args.out))
+    cache = Cache(args.cache_dir)
+    failed = 0
+    with (RunLock(out) if D.rank() == 0 else contextlib.nullcontext()):
+        for tag, cfg in cfgs:
+            run_out = out / "ablate" / tag if tag else out
+            results = run_study(cfg, priors, run_out, tuple(args.force), cache, store_root=out)
+            failed += sum(r.get("status") != "ok" for n, r in results["priors"].items() if n in priors)
+            if tag:
+                print(f"\n--- ablation {tag} ---\n" + summary(results))
+    return 1 if failed else 0
 
 
 def _toy2d(argv) -> int:
@@ -121,22 +170,76 @@ def _report(argv) -> int:
                     "not produced until the study runner (issue #4) exists.")
 
 
+def _add_prior_args(p, size: bool = True, defaults: bool = True) -> None:
+    """Data and feature-source options shared by the study and `priors --check`.
+
+    defaults=False leaves unset options at None, so a study preset's own values stand.
+    """
+    from bench.data import DATASETS
+
+    d = (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument("--dataset", default=d("fashion-mnist"), help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--data-root", help="folder holding the dataset's files (overrides defaults)")
+    p.add_argument("--resolution", type=int, default=d(32), help="image side in pixels")
+    p.add_argument("--limit", type=int, help="cap on images per split (class-balanced)")
+    p.add_argument("--features", default=d("auto"), choices=("auto", "pretrained", "local"),
+                   help="feature networks: the paper's pretrained ones, ones trained here, or "
+                        "pretrained when their weights are found (default)")
+    p.add_argument("--weights-dir", help="folder with pretrained weights files (see README)")
+    if size:
+        p.add_argument("--size", default="cpu", choices=("smoke", "cpu", "gpu"),
+                       help="training budget of the locally trained feature networks")
+    p.add_argument("--cache-dir", help="content-addressed cache (default ~/.cache/dmvae-bench "
+                                       "or $DMVAE_CACHE)")
+    p.add_argument("--seed", type=int, default=d(0))
+
+
 def _priors(argv) -> int:
-    p = _Parser(prog="run_all.py priors", description="List the reference priors.")
-    p.add_argument("--check", action="store_true", help="verify every prior is what it claims")
-    p.parse_args(argv)
-    print("Reference priors of the study (METHOD.md section 4); their registry and builders are "
-          "issue #3 and not built yet:")
-    for name in PLANNED_PRIORS:
-        print(f"  {name}")
-    return 0
+    import priors
+    from priors.registry import get_prior
+
+    p = _Parser(prog="run_all.py priors", description="List the reference priors; with --check, "
+                "build each one on a dataset and show it is what it claims (moments, kNN class "
+                "accuracy of its features, class subsets, noise level).")
+    p.add_argument("--check", action="store_true", help="build and verify the priors")
+    p.add_argument("--priors", help="comma-separated subset (default: all registered)")
+    p.add_argument("--json", help="also write the check report to this JSON file")
+    _add_prior_args(p)
+    args = p.parse_args(argv)
+    names = _split(args.priors) if args.priors else priors.available()
+    classes = [get_prior(n) for n in names]
+    if not args.check:
+        for cls in classes:
+            i = cls.info
+            cond = "class-conditional" if i.class_conditional else "unconditional"
+            print(f"{i.name:<9} v{i.version}  paper row {i.paper_row:<12} {cond:<17} {i.description}")
+        return 0
+    from bench.cache import Cache
+    from bench.data import DataSpec, load_dataset
+    from bench.io import atomic_write_json
+    from priors.base import PriorSettings
+    from priors.check import run_checks, summary_lines
+
+    data = load_dataset(DataSpec(args.dataset, args.resolution, root=args.data_root,
+                                 limit=args.limit, seed=args.seed))
+    settings = PriorSettings(features=args.features, weights_dir=args.weights_dir,
+                             size=args.size, seed=args.seed)
+    report = run_checks(names, settings, data, Cache(args.cache_dir))
+    print("\nSummary (" + data.source + ")\n" + summary_lines(report))
+    if args.json:
+        atomic_write_json(Path(args.json), {"data_source": data.source, "priors": report})
+    return 0 if all(r["status"] == "ok" for r in report.values()) else 1
+
+
+def _split(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _writable(out: Path) -> Path:
     """Create the output folder or explain why it cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -20,20 +20,27 @@ def resolve(cls, presets: dict[str, dict], preset: str, config_file: str | None 
     """Build a frozen `cls` from presets[preset], then a JSON config file, then KEY=VALUE overrides.
 
     `extra` holds values already parsed by dedicated CLI flags (applied after the file, before
-    the generic overrides).
+    the generic overrides). A field that is itself a dataclass (a stage's config) takes a nested
+    JSON object in the file and dotted keys on the command line: --set dmvae.lr=1e-4.
     """
     if preset not in presets:
         raise unknown("preset", preset, presets)
-    values: dict = dict(presets[preset])
+    values: dict = _plain(presets[preset])
     if config_file:
-        values.update(_read_config_file(config_file))
-    values.update({k: v for k, v in (extra or {}).items() if v is not None})
+        _merge(values, _read_config_file(config_file))
+    _merge(values, {k: v for k, v in (extra or {}).items() if v is not None})
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"Override '{item}' is not of the form KEY=VALUE; for example "
                             f"--set seed=1.")
         key, raw = item.split("=", 1)
-        values[key.strip()] = raw
+        *path, last = key.strip().split(".")
+        node = values
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # build() names it as an unknown (or mistyped) setting
+            node = node[part]
+        node[last] = raw
     return build(cls, values)
 
 
@@ -44,7 +51,8 @@ def build(cls, values: dict):
         if key not in fields:
             raise unknown(f"setting of {cls.__name__}", key, fields)
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    kwargs = {k: build(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict)
+              else _coerce(k, v, hints[k]) for k, v in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -61,6 +69,20 @@ def config_hash(cfg) -> str:
     """A short content hash of the resolved config (sorted-key JSON)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _plain(values: dict) -> dict:
+    """A preset as nested dicts (dataclass values become dicts, so they merge key by key)."""
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}
+
+
+def _merge(dst: dict, src: dict) -> None:
+    """Update dst with src, merging nested dicts instead of replacing them."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
 
 
 def _read_config_file(path: str) -> dict:

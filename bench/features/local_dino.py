@@ -103,8 +103,8 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """ViT with a CLS token; accepts any input side divisible by `patch` (positions interpolated)."""
 
-    def __init__(self, img_size: int = 32, in_ch: int = 1, patch: int = 4, dim: int = 192,
-                 depth: int = 4, heads: int = 3):
+    def __init__(self, img_size: int = 32, in_ch: int = 1, patch: int = 4, dim: int = 64,
+                 depth: int = 2, heads: int = 2):
         super().__init__()
         self.patch, self.grid, self.dim = patch, img_size // patch, dim
         self.embed = nn.Conv2d(in_ch, dim, patch, stride=patch)

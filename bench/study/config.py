@@ -1,0 +1,95 @@
+"""The study's configuration: one frozen dataclass and its preset table (resolved by bench/config.py).
+
+Every stage keeps its own config class and preset table next to what it trains (bench/dmvae); a
+study preset picks one row of each and adds the data, latent grid and evaluation settings. Any
+knob can be overridden: `--set eval.gfid_n=2000`, `--set dmvae.tokenizer.width=32`.
+
+| preset | data | latents | stage presets | gFID-N x seeds | ref / rFID N | convergence N | goal |
+|---|---|---|---|---|---|---|---|
+| smoke | Fashion-MNIST, 200 per split | 4x8x8 | smoke | 32 x 2  | 32    | 32   | <= 3 min, five priors, 2 cores |
+| cpu   | Fashion-MNIST, full          | 4x8x8 | cpu   | 500 x 2 | 500   | 200  | <= 30 min cold, five priors, 2 cores |
+| gpu   | Fashion-MNIST, full          | 4x8x8 | gpu   | 5k x 3  | 10k   | 5k   | one accelerator |
+| paper | ImageNet-256 ImageFolder     | 32x16x16 | paper (XL generator) | 5k x 2 | 50k | 5k | not trainable here |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEACHER_PRESETS, DMVAEConfig,
+                         GeneratorConfig, PretrainConfig, TeacherConfig)
+
+STARTS = ("plain-ae", "distill")  # METHOD.md 3.3; bench/dmvae/stage.py explains both
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation (METHOD.md section 6): every number here is recorded with the results."""
+
+    ref_split: str = "test"        # held-out split: reference statistics, rFID/PSNR/SSIM, DMVAE latents
+    ref_n: int = 500               # held-out images (class-balanced): reference stats and rFID-N
+    gfid_n: int = 500              # generated samples per sampling seed (gFID-N)
+    seeds: tuple[int, ...] = (0, 1)  # sampling seeds: gFID is reported as mean and std over them
+    convergence_n: int = 200       # samples per convergence checkpoint (first seed); <= gfid_n
+    sample_steps: int = 25         # Euler ODE steps
+    cfg_scale: float = 1.0         # classifier-free guidance (1: none, as Table 1)
+    shift: float = 1.0             # sampler time shift
+    structure_n: int = 1000        # latents for kNN / linear probe / silhouette
+    tsne_per_class: int = 100      # paper Fig. 4: 100 images per class
+    batch: int = 50                # Inception and sampling batch (does not change any number)
+
+    def __post_init__(self):
+        if len(self.seeds) < 2:
+            raise ValueError("eval.seeds needs at least two sampling seeds (gFID is reported as mean and std)")
+        if not 0 < self.convergence_n <= self.gfid_n:
+            raise ValueError("eval.convergence_n must lie in 1 .. eval.gfid_n (the last point reuses the "
+                             "first seed's samples)")
+        if min(self.ref_n, self.gfid_n) < 10:
+            raise ValueError("eval.ref_n and eval.gfid_n must be at least 10")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything one study run depends on; its hash names the run in results.json."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    resolution: int = 32
+    limit: int | None = None           # images per split, class-balanced (None: all)
+    latent_channels: int = 4
+    latent_size: int = 8
+    features: str = "auto"             # pretrained | local | auto (priors/base.py PriorSettings)
+    weights_dir: str | None = None
+    feature_size: str = "cpu"          # training budget of the locally trained feature nets
+    seed: int = 0
+    start: str = "plain-ae"            # encoder start: plain-ae | distill
+    checkpoint_every: int = 100        # steps between resumable checkpoints of every training stage
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    dmvae: DMVAEConfig = field(default_factory=DMVAEConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got '{self.start}'")
+
+
+def _stages(name: str, pretrain: str | None = None) -> dict:
+    return dict(teacher=TEACHER_PRESETS[name], pretrain=PRETRAIN_PRESETS[pretrain or name],
+                dmvae=DMVAE_PRESETS[name], generator=GENERATOR_PRESETS[name])
+
+
+STUDY_PRESETS = {
+    "smoke": dict(limit=200, feature_size="smoke", checkpoint_every=10, **_stages("smoke"),
+                  eval=EvalConfig(ref_n=32, gfid_n=32, convergence_n=32, sample_steps=10, structure_n=200,
+                                  tsne_per_class=10)),
+    "cpu": dict(**_stages("cpu"), eval=EvalConfig()),
+    "gpu": dict(feature_size="gpu", checkpoint_every=1000, **_stages("gpu"),
+                eval=EvalConfig(ref_n=10_000, gfid_n=5000, seeds=(0, 1, 2), convergence_n=5000, sample_steps=50,
+                                structure_n=5000, batch=250)),
+    "paper": dict(dataset="imagefolder", resolution=256, latent_channels=32, latent_size=16, features="pretrained",
+                  feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"),
+                  eval=EvalConfig(ref_n=50_000, gfid_n=5000, convergence_n=5000, sample_steps=50, structure_n=5000,
+                                  batch=250)),
+}
+

@@ -1,0 +1,150 @@
+"""Evaluation of one prior's run (METHOD.md 3.6 and section 6): reconstruction, generation, structure.
+
+- rFID-N, PSNR, SSIM: the DMVAE's reconstructions of N held-out images (a fixed-seed class-balanced
+  subset of the held-out split) against the Inception statistics of the same images.
+- gFID-N: N samples per sampling seed (labels i mod K, noise seeded per index: bench/dmvae/generator.py),
+  against the held-out reference statistics; mean and std over >= 2 seeds. KID and precision/recall
+  on the same features (per seed, and their mean).
+- Convergence: gFID at every generator checkpoint, first seed, `convergence_n` samples (the last point
+  is the first `convergence_n` samples of the final model's first seed, identical by construction).
+- Structure: kNN / linear-probe / silhouette and t-SNE (fixed seeds) of reference latents (p_r draws
+  with their labels) and of the DMVAE's normalised latents of held-out images.
+Numbers are only written when measured; a non-finite one stops the prior (runner.py marks it failed).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from bench.cache import Cache
+from bench.dmvae import generate, load_checkpoint
+from bench.metrics import distribution, fid, structure
+from bench.metrics.image import SSIM_SETTINGS, psnr, ssim
+from bench.study.config import EvalConfig
+
+SAMPLER = "Euler ODE (bench/core/flow.py sample_ode), EMA weights, fp32"
+
+
+def held_out(split, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed-seed, class-balanced subset of n images of a split, in class-interleaved order."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(split.labels)
+    per = [torch.nonzero(split.labels == c).flatten() for c in classes]
+    per = [idx[torch.randperm(len(idx), generator=g)] for idx in per]
+    order = [idx[i] for i in range(max(map(len, per))) for idx in per if i < len(idx)]  # round robin
+    keep = torch.stack(order[:n])
+    return split.images[keep], split.labels[keep]
+
+
+def finite_or_raise(obj, where: str = "results"):
+    """Walk a JSON-like record; a NaN/Inf anywhere is an error (it must never enter results.json)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise FloatingPointError(f"non-finite value in {where}")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            finite_or_raise(v, f"{where}.{k}")
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            finite_or_raise(v, f"{where}[{i}]")
+    return obj
+
+
+def _mean_std(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+
+def frechet_distance_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """The Frechet distance of two feature sets (N, D), exact for N <= D, without a D x D sqrtm.
+
+    With centred features A (n1, D), B (n2, D) and S1 = A'A / (n1 - 1), S2 = B'B / (n2 - 1), the
+    non-zero eigenvalues of S1 S2 are the squared singular values of A B' / sqrt((n1 - 1)(n2 - 1)),
+    so Tr (S1 S2)^(1/2) is that matrix's nuclear norm: an n1 x n2 SVD instead of a 2048 x 2048
+    sqrtm (which takes ~10 s on one core and is ill-conditioned when N < D). float64 throughout.
+    """
+    a, b = (torch.as_tensor(f).double() for f in (f1, f2))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    a, b = a - mu1, b - mu2
+    c1, c2 = len(a) - 1, len(b) - 1
+    cross = torch.linalg.svdvals(a @ b.T).sum() / math.sqrt(c1 * c2)
+    return float((mu1 - mu2).pow(2).sum() + a.pow(2).sum() / c1 + b.pow(2).sum() / c2 - 2 * cross)
+
+
+def _fid(feats: torch.Tensor, ref: dict) -> float:
+    """FID against the reference: the feature form when either set has at most D samples."""
+    if min(len(feats), len(ref["features"])) <= feats.shape[1]:
+        return frechet_distance_features(feats, ref["features"])
+    mu, sigma = fid.stats(feats)
+    return fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+
+
+@torch.no_grad()
+def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalConfig, cache: Cache) -> dict:
+    """rFID-N, PSNR and SSIM of the tokenizer on held-out images."""
+    dev = next(encoder.parameters()).device
+    rec = torch.cat([decoder(encoder(x.to(dev))).clamp(-1, 1).float().cpu() for x in images.split(cfg.batch)])
+    feats = fid.inception_features(rec, cfg.batch, cache)
+    return {"rfid": _fid(feats, ref), "psnr": psnr(rec, images), "ssim": ssim(rec, images), "n": len(images)}
+
+
+@torch.no_grad()
+def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, gen_cfg, ref: dict,
+               cfg: EvalConfig, cache: Cache, log=print) -> dict:
+    """gFID-N over the sampling seeds (+ KID, precision/recall) and the convergence curve."""
+    sample = dict(steps=cfg.sample_steps, cfg=cfg.cfg_scale, decoder=decoder, norm=norm, batch_size=cfg.batch,
+                  shift=cfg.shift)
+    per_seed, first_feats = [], None
+    for s in cfg.seeds:
+        t0 = time.time()
+        images, _ = generate(model, cfg.gfid_n, num_classes, s, **sample)
+        feats = fid.inception_features(images, cfg.batch, cache)
+        first_feats = feats if first_feats is None else first_feats
+        row = {"seed": s, "gfid": _fid(feats, ref), **fid.kid(feats, ref["features"], seed=s),
+               **fid.precision_recall(ref["features"], feats)}
+        per_seed.append(row)
+        log(f"    gFID-{cfg.gfid_n} seed {s}: {row['gfid']:.2f} ({time.time() - t0:.0f} s)")
+    convergence = []
+    for cp in checkpoints[:-1]:
+        net = load_checkpoint(cp, (model.in_channels, model.input_size, model.input_size), num_classes, gen_cfg)
+        images, _ = generate(net.to(next(model.parameters()).device), cfg.convergence_n, num_classes,
+                             cfg.seeds[0], **sample)
+        convergence.append({"epoch": cp["epoch"], "step": cp["step"], "fraction": cp["fraction"],
+                            "gfid": _fid(fid.inception_features(images, cfg.batch, cache), ref)})
+        log(f"    convergence epoch {cp['epoch']:.2f}: gFID-{cfg.convergence_n} {convergence[-1]['gfid']:.2f}")
+    last = checkpoints[-1]
+    convergence.append({"epoch": last["epoch"], "step": last["step"], "fraction": last["fraction"],
+                        "gfid": _fid(first_feats[:cfg.convergence_n], ref)})
+    return {"gfid": {**_mean_std([r["gfid"] for r in per_seed]), "seeds": list(cfg.seeds), "n": cfg.gfid_n},
+            "kid": {**_mean_std([r["kid_mean"] for r in per_seed]), "subset_size": per_seed[0]["subset_size"],
+                    "subsets": per_seed[0]["subsets"]},
+            "precision_recall": {"precision": _mean_std([r["precision"] for r in per_seed]),
+                                 "recall": _mean_std([r["recall"] for r in per_seed]), "k": fid.PR_K},
+            "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n}
+
+
+def latent_structure(latents: torch.Tensor, labels: torch.Tensor, cfg: EvalConfig, seed: int) -> tuple[dict, dict]:
+    """Structure metrics and the t-SNE coordinates (figure data) of one latent set."""
+    metrics = structure.structure_metrics(latents, labels, seed)
+    emb, y = structure.tsne_embedding(latents, labels, cfg.tsne_per_class, seed)
+    return metrics, {"xy": torch.from_numpy(emb), "labels": torch.from_numpy(y)}
+
+
+def settings(cfg: EvalConfig, cache: Cache) -> dict:
+    """Every evaluation convention, for results.json's meta block."""
+    return {"fid": fid.evaluation_settings(cfg.gfid_n, cfg.ref_split, cache),
+            "reference": {"split": cfg.ref_split, "n": cfg.ref_n, "selection": "fixed-seed class-balanced subset",
+                          "statistics": "Inception pool3 of the held-out images, cached by content"},
+            "rfid": {"n": cfg.ref_n, "images": "the reference images, reconstructed by the EMA encoder/decoder"},
+            "gfid": {"n": cfg.gfid_n, "seeds": list(cfg.seeds), "labels": "class-balanced: sample i has label i mod K",
+                     "noise": "one torch.Generator per sample index (seed * 1_000_003 + i)",
+                     "sampler": SAMPLER, "steps": cfg.sample_steps, "cfg_scale": cfg.cfg_scale,
+                     "time_shift": cfg.shift, "spread": "mean and sample std (ddof 1) over the sampling seeds"},
+            "convergence": {"n": cfg.convergence_n, "seed": cfg.seeds[0],
+                            "x": "epoch = step * batch / train images"},
+            "image": {"psnr": "mean per-image PSNR on [0, 1]", "ssim": SSIM_SETTINGS},
+            "structure": {**structure.SETTINGS, "n": cfg.structure_n, "tsne_per_class": cfg.tsne_per_class,
+                          "reference": "p_r draws with their labels", "dmvae": "normalised encoder latents of held-out images"},
+            "dm_score": distribution.SETTINGS}

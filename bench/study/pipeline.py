@@ -1,0 +1,241 @@
+"""One prior's stages, each computed once and then loaded from its content-addressed folder (stages.py).
+
+    prior -> teacher S_real (+ LatentNorm) -> encoder start -> DM stage -> generator -> evaluate
+The vae row replaces teacher/start/DM by the KL baseline (bench/dmvae/stage.py train_vae_baseline);
+its prior is still built, for the reference latents of the structure metrics. Stages are lazy:
+when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import cached_property
+
+import torch
+
+from bench import distributed as D
+from bench.dmvae import (Start, build_score_net, build_tokenizer, encode_latents, pretrain_autoencoder,
+                         train_dmvae, train_generator, train_teacher, train_vae_baseline)
+from bench.dmvae.latent_norm import LatentNorm, measure_norm
+from bench.study import evaluate as E
+from bench.study.stages import stage_key
+from priors.base import PriorSettings
+from priors.registry import get_prior
+
+BASELINE = "vae"  # the prior whose row is the KL-VAE baseline (no distribution matching)
+
+
+def _asdict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+class PriorRun:
+    """The stages of one prior; `on_stage(stage, seconds, cached)` is called after each."""
+
+    def __init__(self, name: str, ctx):
+        self.name, self.ctx, self.cfg = name, ctx, ctx.cfg
+        self.cls = get_prior(name)
+        c = self.cfg
+        self.settings = PriorSettings(latent_channels=c.latent_channels, latent_size=c.latent_size,
+                                      features=c.features, weights_dir=c.weights_dir, size=c.feature_size,
+                                      seed=c.seed)
+        self.latent_shape = (c.latent_channels, c.latent_size, c.latent_size)
+        self.baseline = self.cls.info.name == BASELINE
+        data_fp, images = ctx.data_fp, list(ctx.data.train.images.shape[1:])
+        k = {"prior": stage_key("prior", name, self.cls.info.version, _asdict(self.settings), data_fp)}
+        if not self.baseline:
+            k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher))
+            shared = c.start == "plain-ae"  # the plain AE does not depend on the prior: one for all rows
+            k["start"] = stage_key("start", c.start, _asdict(c.pretrain), _asdict(c.dmvae.tokenizer),
+                                   self.latent_shape, images, data_fp, None if shared else k["prior"])
+            self.start_owner = "_shared" if shared else name
+            k["dmvae"] = stage_key("dmvae", k["teacher"], k["start"], _asdict(c.dmvae))
+        else:
+            k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), self.latent_shape, images, data_fp)
+        k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator))
+        k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed)
+        self.keys = k
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _stage(self, stage: str, compute, owner: str | None = None, collective: bool = True):
+        """Load a finished stage or compute it: compute(resume_path) -> (state, record).
+
+        Training stages are collective (every rank trains, rank 0 writes); collective=False is
+        for work rank 0 does alone (evaluation).
+        """
+        owner = owner or self.name
+        store, key = self.ctx.store, self.keys[stage]
+        hit = store.load(owner, stage, key)
+        if hit is not None:
+            self.ctx.on_stage(self.name, stage, hit[1].get("seconds"), cached=True)
+            return hit
+        t0 = time.time()
+        state, record = compute(store.resume_path(owner, stage, key, collective))
+        record = {**record, "seconds": time.time() - t0}
+        E.finite_or_raise(record, f"{stage} record")
+        store.save(owner, stage, key, state, record, collective)
+        self.ctx.on_stage(self.name, stage, record["seconds"], cached=False)
+        return state, record
+
+    def timings(self) -> dict:
+        """Seconds each finished stage took when it was computed (from the stage records)."""
+        out = {}
+        for stage, key in self.keys.items():
+            owner = self.start_owner if stage == "start" else self.name
+            hit = self.ctx.store.load(owner, stage, key, tensors=False)
+            if hit is not None and hit[1].get("seconds") is not None:
+                out[stage] = hit[1]["seconds"]
+        return out
+
+    def _every(self) -> int:
+        return self.cfg.checkpoint_every
+
+    # ---------------------------------------------------------------------------------- stages
+    @cached_property
+    def provenance(self) -> dict:
+        """The prior's provenance, from its stage record (building the prior only when missing)."""
+        if "prior" not in self.__dict__:  # not built in this run: its record has it
+            hit = self.ctx.store.load(self.name, "prior", self.keys["prior"], tensors=False)
+            if hit is not None:
+                return hit[1]["provenance"]
+        return self.prior.provenance()
+
+    @cached_property
+    def prior(self):
+        data, cache = self.ctx.data, self.ctx.cache
+        holder = {}
+
+        def build(_resume):
+            with D.rank0_first():  # feature nets and latents are cached: rank 0 builds, the others load
+                holder["prior"] = self.cls(self.settings, data).build(cache)
+            return None, {"provenance": holder["prior"].provenance()}
+
+        hit = self.ctx.store.load(self.name, "prior", self.keys["prior"], tensors=False)
+        if hit is None:
+            self._stage("prior", build)
+            return holder["prior"]
+        with D.rank0_first():
+            return self.cls(self.settings, data).build(cache)
+
+    @cached_property
+    def teacher(self) -> tuple[torch.nn.Module, LatentNorm]:
+        c, stats = self.cfg.teacher, {}
+
+        def compute(resume):
+            net, norm = train_teacher(self.prior, c, stats, checkpoint=resume, checkpoint_every=self._every())
+            return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict()}
+
+        state, record = self._stage("teacher", compute)
+        net = build_score_net(c.net, self.latent_shape, self.ctx.data.num_classes, c.patch, c.pos)
+        net.load_state_dict(state["net"])
+        return net.eval().requires_grad_(False), LatentNorm.from_dict(record["norm"])
+
+    @cached_property
+    def start(self) -> Start:
+        c, images = self.cfg, self.ctx.data.train.images
+
+        def compute(_resume):
+            target, note = None, None
+            if c.start == "distill":
+                if hasattr(self.prior, "encode_images"):
+                    target = self.prior.encode_images(images)
+                else:
+                    note = f"prior '{self.name}' has no image encoder: plain-ae start instead of distill"
+            s = pretrain_autoencoder(images, self.latent_shape, c.pretrain, c.dmvae.tokenizer, target=target)
+            return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
+                    {"start": {**s.record, **({"note": note} if note else {})}})
+
+        state, record = self._stage("start", compute, owner=self.start_owner)
+        enc, dec = self._tokenizer(state)
+        return Start(enc, dec, record["start"])
+
+    def _tokenizer(self, state: dict, variational: bool = False):
+        enc, dec = build_tokenizer(tuple(self.ctx.data.train.images.shape[1:]), self.latent_shape,
+                                   self.cfg.dmvae.tokenizer, variational=variational)
+        enc.load_state_dict(state["encoder"])
+        dec.load_state_dict(state["decoder"])
+        return enc.to(D.device()).eval(), dec.to(D.device()).eval()
+
+    @cached_property
+    def tokenizer(self) -> tuple[torch.nn.Module, torch.nn.Module, LatentNorm, dict]:
+        """(EMA encoder, EMA decoder, LatentNorm, history) of the DM stage, or of the KL baseline."""
+        data, c = self.ctx.data.train, self.cfg.dmvae
+
+        def compute(resume):
+            if self.baseline:
+                enc, dec, norm, hist = train_vae_baseline(data.images, data.labels, self.latent_shape, c,
+                                                          checkpoint=resume, checkpoint_every=self._every())
+            else:
+                s_real, norm = self.teacher
+                enc, dec, _, hist = train_dmvae(data.images, data.labels, self.prior, s_real, norm, c, self.start,
+                                                checkpoint=resume, checkpoint_every=self._every())
+            return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
+                    {"history": hist, "norm": norm.to_dict()})
+
+        state, record = self._stage("dmvae", compute)
+        enc, dec = self._tokenizer(state, variational=self.baseline)
+        return enc, dec, LatentNorm.from_dict(record["norm"]), record["history"]
+
+    @cached_property
+    def generator(self) -> tuple[torch.nn.Module, list[dict], dict]:
+        c, data = self.cfg.generator, self.ctx.data
+
+        def compute(resume):
+            enc, _, norm, _ = self.tokenizer
+            latents = encode_latents(enc, data.train.images, norm)
+            E.finite_or_raise(float(latents.abs().max()), "generator training latents")
+            model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c,
+                                               checkpoint=resume, checkpoint_every=self._every())
+            return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
+                    {"history": hist, "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"}
+                                                      for cp in cps]})
+
+        state, record = self._stage("generator", compute)
+        model = build_score_net(c.net, self.latent_shape, data.num_classes, c.patch, c.pos)
+        model.load_state_dict(state["final"])
+        cps = [{**meta, "state_dict": sd} for meta, sd in zip(record["checkpoints"], state["checkpoints"])]
+        return model.to(D.device()).eval().requires_grad_(False), cps, record
+
+    def evaluate(self) -> tuple[dict, dict]:
+        """(metrics record, t-SNE figure data) of the finished run."""
+        ctx, ev = self.ctx, self.cfg.eval
+
+        def compute(_resume):
+            enc, dec, norm, hist = self.tokenizer
+            model, cps, _ = self.generator
+            images, _ = ctx.held_out
+            ref = ctx.reference
+            ctx.log(f"[{self.name}] evaluate: rFID-{ev.ref_n}, gFID-{ev.gfid_n} x {len(ev.seeds)} seeds, "
+                    f"{len(cps) - 1} convergence points, structure, t-SNE")
+            rec = E.reconstruction(enc, dec, images, ref, ev, ctx.cache)
+            gen = E.generation(model, cps, dec, norm, ctx.data.num_classes, self.cfg.generator, ref, ev, ctx.cache,
+                               log=ctx.log)
+            z_ref, y_ref = self.prior.sample(ev.structure_n, torch.Generator().manual_seed(self.cfg.seed))
+            x_s, y_s = ctx.structure_images
+            z_dm = encode_latents(enc, x_s, norm)
+            z_ref = measure_norm(z_ref, "reference").apply(z_ref)  # standardised like every latent space here
+            s_ref, t_ref = E.latent_structure(z_ref, y_ref, ev, self.cfg.seed)
+            s_dm, t_dm = E.latent_structure(z_dm, y_s, ev, self.cfg.seed)
+            record = {"rfid": rec["rfid"], "psnr": rec["psnr"], "ssim": rec["ssim"], "rfid_n": rec["n"],
+                      **gen, "structure": {"reference": s_ref, "dmvae": s_dm},
+                      "tokenizer": {k: hist.get(k) for k in ("dm_score", "start", "loss_terms", "regulariser")}}
+            tsne = {"reference_xy": t_ref["xy"], "reference_labels": t_ref["labels"],
+                    "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"]}
+            return tsne, record
+
+        if D.world_size() > 1 and self.ctx.store.load(self.name, "evaluate", self.keys["evaluate"]) is None:
+            # Rank 0 evaluates alone (samples are seeded per index, so the numbers do not depend on
+            # the world size); the other ranks wait and read its record.
+            self.prior, self.tokenizer, self.generator  # noqa: B018  (collective: barriers inside)
+            try:
+                if D.rank() == 0:
+                    self._stage("evaluate", compute, collective=False)
+            finally:
+                D.barrier()
+            self.ctx.store.recomputed.add((self.name, "evaluate"))  # rank 0's fresh output, also if forced
+            hit = self.ctx.store.load(self.name, "evaluate", self.keys["evaluate"])
+            if hit is None:
+                raise RuntimeError("evaluation failed on rank 0 (see its message)")
+            return hit[1], hit[0]
+        state, record = self._stage("evaluate", compute)
+        return record, state

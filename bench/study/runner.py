@@ -1,0 +1,186 @@
+"""run_study(cfg, priors, out): every prior through pipeline.py, results.json written after every stage.
+
+results.json (SCHEMA_VERSION):
+  meta: config (resolved) + config_hash, git commit, package versions, device, world size, seeds,
+        weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
+        every evaluation setting, stage keys, wall time
+  priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
+        {mean, std, seeds, n}, gfid_n, kid, precision_recall, convergence [{epoch, gfid}],
+        structure {reference, dmvae}, dm_score {before, after}, timings {stage: seconds}, cached
+        [stages loaded, not computed, in this run], figure_data (t-SNE coordinates file)
+A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
+reason and the others go on; no number that was not measured is written.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+
+from bench import distributed as D
+from bench.cache import Cache
+from bench.config import config_hash, to_dict
+from bench.data import DataSpec, dataset_fingerprint, load_dataset
+from bench.errors import UserError
+from bench.io import atomic_write_json, environment
+from bench.metrics import fid
+from bench.study import evaluate as E
+from bench.study.config import StudyConfig
+from bench.study.pipeline import PriorRun
+from bench.study.stages import StageStore
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Context:
+    """What every prior of a run shares: config, data, caches, the stage store and the results."""
+
+    cfg: StudyConfig
+    out: Path
+    cache: Cache
+    store: StageStore
+    results: dict
+    log: callable = print
+    started: float = field(default_factory=time.time)
+
+    @cached_property
+    def data(self):
+        c = self.cfg
+        return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed))
+
+    @cached_property
+    def data_fp(self) -> str:
+        return dataset_fingerprint(self.data)
+
+    @cached_property
+    def held_out(self):
+        split = getattr(self.data, self.cfg.eval.ref_split)
+        return E.held_out(split, self.cfg.eval.ref_n, self.cfg.seed)
+
+    @cached_property
+    def structure_images(self):
+        split = getattr(self.data, self.cfg.eval.ref_split)
+        return E.held_out(split, min(self.cfg.eval.structure_n, len(split)), self.cfg.seed + 1)
+
+    @cached_property
+    def reference(self) -> dict:
+        """Inception statistics of the held-out images (cached by content)."""
+        return fid.reference(self.held_out[0], self.cache, self.cfg.eval.batch)
+
+    def on_stage(self, prior: str, stage: str, seconds, cached: bool) -> None:
+        entry = self.results["priors"][prior]
+        if seconds is not None:
+            entry["timings"][stage] = seconds
+        if cached:
+            entry["cached"].append(stage)
+        else:
+            self.log(f"[{prior}] {stage}: done in {seconds:.1f} s")
+        self.write()
+
+    def write(self) -> None:
+        if D.rank() == 0:
+            self.results["meta"]["wall_s"] = time.time() - self.started
+            atomic_write_json(self.out / "results.json", self.results)
+
+
+def _meta(cfg: StudyConfig, priors: list[str], cache: Cache) -> dict:
+    env = environment()
+    return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg),
+            "priors_requested": priors, "git_commit": env.pop("git_commit"), **env,
+            "world_size": D.world_size(),
+            "seeds": {"study": cfg.seed, "teacher": cfg.teacher.seed, "pretrain": cfg.pretrain.seed,
+                      "dmvae": cfg.dmvae.seed, "generator": cfg.generator.seed, "sampling": list(cfg.eval.seeds)},
+            "weights": {"inception": fid.inception.weights_record(cache)},
+            "evaluation": E.settings(cfg.eval, cache), "feature_source": {}, "provenance": {}, "stage_keys": {}}
+
+
+def _previous(out: Path, cfg_hash: str) -> dict:
+    """Entries of an earlier run on the same folder and config (kept for priors not run now)."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return old.get("priors", {}) if old.get("meta", {}).get("config_hash") == cfg_hash else {}
+
+
+def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, ...] = (),
+              cache: Cache | None = None, log=print, store_root: Path | None = None) -> dict:
+    """Run (or resume) the study; returns the results dict also written to <out>/results.json.
+
+    Stage outputs go under <store_root or out>/stages (ablations share one store).
+    """
+    D.init()
+    log = log if D.rank() == 0 else (lambda *a, **k: None)
+    cache = cache or Cache()
+    kept = {n: r for n, r in _previous(out, config_hash(cfg)).items() if n not in priors}
+    results = {"meta": _meta(cfg, priors, cache), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
+    ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
+    ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
+    for name in priors:
+        results["priors"][name] = {"status": "running", "timings": {}, "cached": []}
+        t0 = time.time()
+        log(f"\n=== prior {name} ===")
+        try:
+            run = PriorRun(name, ctx)
+            results["meta"]["stage_keys"][name] = run.keys
+            record, tsne = run.evaluate()
+            _write_figure_data(out / "figure_data" / f"tsne_{name}.json", tsne)
+            prov = run.provenance
+            results["meta"]["provenance"][name] = prov
+            results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
+            results["priors"][name].update(_prior_entry(run, record), timings=run.timings())
+        except Exception as e:  # one prior's failure must not lose the others
+            expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
+            reason = str(e) if expected else f"{type(e).__name__}: {e}"
+            results["priors"][name].update(status="failed", reason=reason)
+            if not expected:
+                results["priors"][name]["traceback"] = traceback.format_exc()
+            print(f"[{name}] FAILED{f' on rank {D.rank()}' if D.world_size() > 1 else ''}: {reason}", flush=True)
+        results["priors"][name]["wall_s"] = time.time() - t0
+        ctx.write()
+    D.barrier()
+    log("\n" + summary(results))
+    return results
+
+
+def _prior_entry(run: PriorRun, record: dict) -> dict:
+    """The contract's per-prior block from the evaluation record (and the DM stage's history)."""
+    hist = record["tokenizer"]
+    dm = hist.get("dm_score")
+    entry = {"status": "ok", "rfid": record["rfid"], "rfid_n": record["rfid_n"], "psnr": record["psnr"],
+             "ssim": record["ssim"], "gfid": record["gfid"], "gfid_n": record["gfid"]["n"], "kid": record["kid"],
+             "precision_recall": record["precision_recall"], "gfid_per_seed": record["per_seed"],
+             "convergence": record["convergence"], "convergence_n": record["convergence_n"],
+             "structure": record["structure"],
+             "dm_score": {"before": dm["before"], "after": dm["after"]} if dm else
+             {"before": None, "after": None, "note": "no distribution-matching stage (KL baseline)"},
+             "encoder_start": hist.get("start"), "loss_terms": hist.get("loss_terms"),
+             "regulariser": hist.get("regulariser"), "figure_data": f"figure_data/tsne_{run.name}.json"}
+    E.finite_or_raise(entry, f"priors.{run.name}")
+    return entry
+
+
+def _write_figure_data(path: Path, tsne: dict) -> None:
+    """t-SNE coordinates and labels of reference and DMVAE latents (paper Fig. 4), for the report."""
+    if D.rank() == 0:
+        atomic_write_json(path, {k: v.tolist() for k, v in tsne.items()})
+
+
+def summary(results: dict) -> str:
+    """A plain-text table of the headline numbers."""
+    lines = [f"{'prior':<10} {'status':<8} {'rFID':>8} {'PSNR':>6} {'gFID (mean +- std)':>22} {'DM score after':>15}"]
+    for name, r in results["priors"].items():
+        if r.get("status") != "ok":
+            lines.append(f"{name:<10} {r.get('status', '?'):<8} {r.get('reason', '')}")
+            continue
+        g, dm = r["gfid"], r["dm_score"].get("after")
+        after = f"{dm['sliced_w2']:.4f}" if dm else "-"
+        lines.append(f"{name:<10} ok       {r['rfid']:8.2f} {r['psnr']:6.2f} "
+                     f"{g['mean']:12.2f} +- {g['std']:6.2f} {after:>15}"
+                     f"   (gFID-{g['n']} x {len(g['seeds'])} seeds)")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""The study runner (bench/study): results contract, cached re-runs, failures, presets, CLI input."""
+import dataclasses
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.runlock import RunLock
+from bench.study import pipeline
+from bench.study.config import STUDY_PRESETS
+
+# The smoke preset on the synthetic set, with the Inception metrics at N = 10 (Inception runs at a
+# few images per second on a shared 2-core machine; the smoke preset's own N = 50 is for the CLI).
+FAST = ["--preset", "smoke", "--dataset", "synthetic", "--set", "eval.ref_n=10", "--set", "eval.gfid_n=10",
+        "--set", "eval.convergence_n=10", "--set", "eval.structure_n=60", "--set", "eval.tsne_per_class=5",
+        "--set", "eval.sample_steps=4"]
+STAGES = {"prior", "teacher", "start", "dmvae", "generator", "evaluate"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("study")
+    t0 = time.time()
+    rc = main([*FAST, "--priors", "gaussian,gmm,vae", "--out", str(out), "--cache-dir", cache])
+    return out, rc, json.loads((out / "results.json").read_text()), time.time() - t0
+
+
+def test_results_follow_the_contract(study):
+    out, rc, res, _ = study
+    assert rc == 0
+    meta = res["meta"]
+    for key in ("config", "config_hash", "git_commit", "packages", "device", "seeds", "weights", "feature_source",
+                "evaluation", "schema_version"):
+        assert key in meta, key
+    assert meta["config"]["eval"]["gfid_n"] == 10
+    assert meta["feature_source"] == {"gaussian": "analytic", "gmm": "analytic", "vae": "local"}
+    assert meta["weights"]["inception"]["converted_sha256"]
+    assert meta["evaluation"]["gfid"]["labels"].startswith("class-balanced")
+    for name in ("gaussian", "gmm", "vae"):
+        r = res["priors"][name]
+        assert r["status"] == "ok"
+        for key in ("rfid", "psnr", "ssim", "gfid_n"):
+            assert isinstance(r[key], (int, float)), key
+        assert r["gfid_n"] == r["gfid"]["n"] == 10 and r["gfid"]["seeds"] == [0, 1]
+        assert set(r["gfid"]) >= {"mean", "std", "seeds", "n"} and r["gfid"]["std"] >= 0
+        assert {"mean", "std"} <= set(r["kid"])
+        assert [c["fraction"] for c in r["convergence"]] == [0.5, 1.0]
+        assert all({"epoch", "gfid"} <= set(c) for c in r["convergence"])
+        # the last convergence point is the first seed's final gFID (same samples, same N here)
+        assert r["convergence"][-1]["gfid"] == pytest.approx(r["gfid_per_seed"][0]["gfid"])
+        for side in ("reference", "dmvae"):
+            assert {"knn_accuracy", "linear_probe_accuracy", "silhouette"} <= set(r["structure"][side])
+        assert r["loss_terms"]["l1"] and "dm_score" in r
+        if name != "vae":
+            assert {"mmd2", "sliced_w2"} <= set(r["dm_score"]["before"]) and "sliced_w2" in r["dm_score"]["after"]
+            assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"
+        fig = json.loads((out / r["figure_data"]).read_text())
+        assert len(fig["dmvae_xy"]) == len(fig["dmvae_labels"]) > 0 and len(fig["reference_xy"][0]) == 2
+    _no_nan(out / "results.json")
+    # one shared encoder start for both DM rows
+    assert len(list((out / "stages" / "_shared").iterdir())) == 1
+    # the vae row is the KL baseline: no teacher, no start, no DM score (never a made-up number)
+    vae = res["priors"]["vae"]
+    assert vae["status"] == "ok" and set(vae["timings"]) == STAGES - {"teacher", "start"}
+    assert vae["dm_score"]["before"] is None and vae["regulariser"]["kind"].startswith("KL")
+
+
+def _no_nan(path):
+    """results.json is strict JSON: no NaN / Infinity tokens."""
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
+
+
+def _strip(res):
+    return {n: {k: v for k, v in r.items() if k not in ("cached", "wall_s")} for n, r in res["priors"].items()}
+
+
+def test_rerun_skips_every_stage_and_gives_identical_numbers(study, cache, monkeypatch):
+    out, _, first, _ = study
+    for fn in ("train_teacher", "pretrain_autoencoder", "train_dmvae", "train_vae_baseline", "train_generator"):
+        monkeypatch.setattr(pipeline, fn, lambda *a, _fn=fn, **k: pytest.fail(f"{_fn} ran on a cached re-run"))
+    monkeypatch.setattr("bench.metrics.fid.inception_features", lambda *a, **k: pytest.fail("Inception ran"))
+    t0 = time.time()
+    assert main([*FAST, "--priors", "gaussian,gmm,vae", "--out", str(out), "--cache-dir", cache]) == 0
+    assert time.time() - t0 < 60
+    again = json.loads((out / "results.json").read_text())
+    assert _strip(again) == _strip(first)
+    assert set(again["priors"]["gaussian"]["cached"]) >= {"evaluate"}
+
+
+def test_nan_in_one_prior_marks_it_failed_and_the_other_goes_on(study, cache, tmp_path, monkeypatch):
+    out, _, _, _ = study
+    for d in ("_shared", "gaussian"):  # the gaussian row is finished already: only gmm trains here
+        shutil.copytree(out / "stages" / d, tmp_path / "stages" / d)
+    real = pipeline.train_dmvae
+
+    def exploding(images, labels, prior, *args, **kw):
+        if prior.info.name == "gmm":  # a learning rate that blows the weights up: a real NaN in training
+            args = (args[0], args[1], dataclasses.replace(args[2], lr=1e30), *args[3:])
+        return real(images, labels, prior, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "train_dmvae", exploding)
+    assert main([*FAST, "--priors", "gmm,gaussian", "--out", str(tmp_path), "--cache-dir", cache]) == 1
+    res = json.loads((tmp_path / "results.json").read_text())
+    gmm, gauss = res["priors"]["gmm"], res["priors"]["gaussian"]
+    assert gmm["status"] == "failed" and "non-finite" in gmm["reason"] and "step" in gmm["reason"]
+    assert "rfid" not in gmm and "gfid" not in gmm
+    assert gauss["status"] == "ok" and gauss["gfid"]["n"] == 10
+    _no_nan(tmp_path / "results.json")
+
+
+def test_force_recomputes_a_stage_and_those_after_it(study, cache, tmp_path, monkeypatch):
+    out, _, first, _ = study
+    shutil.copytree(out / "stages", tmp_path / "stages")
+    ran = []
+    real = pipeline.train_generator
+    monkeypatch.setattr(pipeline, "train_generator", lambda *a, **k: ran.append(1) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "train_dmvae", lambda *a, **k: pytest.fail("dmvae is before the forced stage"))
+    assert main([*FAST, "--priors", "gaussian", "--out", str(tmp_path), "--cache-dir", cache,
+                 "--force", "generator"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert ran == [1] and "evaluate" not in res["priors"]["gaussian"]["cached"]
+    assert res["priors"]["gaussian"]["gfid"] == first["priors"]["gaussian"]["gfid"]  # deterministic on CPU
+
+
+@pytest.mark.parametrize("preset", list(STUDY_PRESETS))
+def test_dry_run_prints_each_preset(preset, capsys):
+    assert main(["--preset", preset, "--priors", "gaussian,dino", "--dry-run", "--set", "generator.steps=7"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["generator"]["steps"] == 7 and len(cfg["eval"]["seeds"]) >= 2
+    if preset in ("gpu", "paper"):
+        assert cfg["eval"]["gfid_n"] == 5000
+    if preset == "paper":
+        assert (cfg["resolution"], cfg["latent_channels"], cfg["latent_size"]) == (256, 32, 16)
+        assert cfg["generator"]["net"] == "XL" and cfg["dmvae"]["lr"] == 2e-5
+
+
+def test_paper_preset_networks_have_the_papers_sizes():
+    """Built on the meta device (nothing allocated): the downstream DiT-XL is ~675M parameters."""
+    from bench.dmvae import build_score_net, build_tokenizer
+
+    p = STUDY_PRESETS["paper"]
+    latent = (p["latent_channels"], p["latent_size"], p["latent_size"])
+    count = lambda m: sum(x.numel() for x in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        gen = build_score_net(p["generator"].net, latent, 1000, p["generator"].patch)
+        teacher = build_score_net(p["teacher"].net, latent, 1000, p["teacher"].patch)
+        enc, dec = build_tokenizer((3, p["resolution"], p["resolution"]), latent, p["dmvae"].tokenizer)
+    assert next(gen.parameters()).device.type == "meta"
+    assert count(gen) == pytest.approx(675e6, rel=0.01)
+    assert count(teacher) == pytest.approx(458e6, rel=0.02)  # DiT-L
+    assert count(enc) > 1e6 and count(dec) > 1e6
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--preset", "tiny", "--priors", "gaussian"], "Unknown preset 'tiny'"),
+    (["--preset", "smoke", "--priorz", "gaussian"], "unrecognized arguments: --priorz"),
+    (["--priors", "gaussian,gmn", "--dry-run"], "Did you mean 'gmm'"),
+    (["--priors", "gaussian", "--force", "teachr"], "Did you mean 'teacher'"),
+    (["--priors", "gaussian", "--set", "eval.gfid_n=many", "--dry-run"], "expects int"),
+    (["--priors", "gaussian", "--set", "dmvae.lrr=1", "--dry-run"], "Did you mean 'lr'"),
+    (["--priors", "gaussian", "--ablate", "dmvae.lr", "--dry-run"], "KEY=V1,V2"),
+])
+def test_bad_input_is_one_clear_paragraph(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
+    with RunLock(tmp_path):
+        assert main(["--preset", "smoke", "--priors", "gaussian", "--out", str(tmp_path)]) == 2
+    assert "Another run" in capsys.readouterr().err
+
+
+def test_feature_form_of_the_frechet_distance_matches_the_covariance_form():
+    from bench.metrics import fid
+    from bench.study.evaluate import frechet_distance_features
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    b = 1.5 * torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.3
+    (m1, s1), (m2, s2) = fid.stats(a), fid.stats(b)
+    assert frechet_distance_features(a, b) == pytest.approx(fid.frechet_distance(m1, s1, m2, s2), rel=1e-9)
+    assert frechet_distance_features(a, a) == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_evaluate_to_the_same_numbers(study, cache, tmp_path):
+    """Sampling and evaluation do not depend on the world size: 2 gloo ranks re-evaluating the
+    single-process run's stages give identical metrics. (Training under 2 ranks draws per-rank
+    noise, bench/dmvae/loop.py, so re-trained stages agree only approximately.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _, first, _ = study
+    shutil.copytree(out / "stages", tmp_path / "stages")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "run_all.py", *FAST, "--priors", "gaussian",
+           "--out", str(tmp_path), "--cache-dir", cache, "--force", "evaluate"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["meta"]["world_size"] == 2 and "evaluate" not in res["priors"]["gaussian"]["cached"]
+    a, b = first["priors"]["gaussian"], res["priors"]["gaussian"]
+    for key in ("rfid", "psnr", "ssim", "gfid", "kid", "convergence", "structure"):
+        assert a[key] == b[key], key
