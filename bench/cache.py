@@ -54,7 +54,8 @@ class Cache:
             meta = json.loads(meta_file.read_text())
             if sha256_file(data_file) != meta["sha256"]:
                 raise ValueError("sha256 mismatch")
-            tensors = load_file(str(data_file))
+            # clone: safetensors maps the file, and a later rewrite would change these tensors
+            tensors = {k: v.clone() for k, v in load_file(str(data_file)).items()}
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             warnings.warn(f"cache entry {d} is corrupted ({e}); rebuilding it", stacklevel=2)
             shutil.rmtree(d, ignore_errors=True)
