@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench.features.local_dino import check_finite, cosine_lr, log_progress
 
@@ -84,7 +83,8 @@ class KLVAEConfig:
     mse_weight: float = 0.1  # "small MSE": L1 dominates, as in LDM, MSE helps the PSNR
     # LDM's autoencoders use 1e-6 on summed (not averaged) losses; we average the reconstruction
     # over pixels and divide the summed KL by the pixel count, so 1e-6 is the same ratio. It keeps
-    # the posterior nearly deterministic (reconstruction first) while bounding the latent scale.
+    # the posterior nearly deterministic (reconstruction first) while bounding the latent scale
+    # (CPU preset on Fashion-MNIST: posterior std ~1e-3, KL ~8 nats per latent, latent std 1.5).
     kl_weight: float = 1e-6
     grad_clip: float = 1.0
     seed: int = 0

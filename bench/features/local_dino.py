@@ -164,9 +164,9 @@ class DinoHead(nn.Module):
 class DinoConfig:
     """DINO training of the local ViT; defaults are the CPU preset."""
 
-    # CPU preset, measured on 2 shared cores: a dim-192 depth-4 ViT gets ~200 steps in 5 minutes and
-    # DINO is still on its uniform-teacher plateau (kNN 47%, below random init); this small ViT gets
-    # 1,600 steps and leaves it (kNN 71% on Fashion-MNIST). Larger sizes are for real hardware.
+    # CPU preset, measured on 2 shared cores: a dim-192 depth-4 ViT (batch 64) gets ~200 steps in about
+    # 6 minutes and DINO is still on its uniform-teacher plateau (kNN 47%, below its random init's
+    # 55%); this small ViT gets 1,600 steps and leaves it (Fashion-MNIST kNN 71%, linear probe 75%).
     steps: int = 1600
     batch: int = 32
     lr: float = 2e-3
