@@ -18,15 +18,6 @@ LATENT = (2, 4, 4)
 TOK = dataclasses.replace(TOKENIZER_PRESETS["smoke"], gan_weight=0.0)  # fast: no discriminator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads contend and run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_dataset(DataSpec("synthetic", 16, limit=128))

@@ -20,14 +20,6 @@ FAST = ["--preset", "smoke", "--dataset", "synthetic", "--set", "eval.ref_n=10",
 STAGES = {"prior", "teacher", "start", "dmvae", "generator", "evaluate"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
