@@ -35,6 +35,23 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
+def atomic_write_png(path: Path, image) -> None:
+    """A uint8 image array (H, W) or (H, W, 1|3) as PNG, atomically (matplotlib, no torch needed)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    buf = io.BytesIO()
+    plt.imsave(buf, arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def git_commit() -> str:
     """The commit of the code that ran, with '+dirty' when the tree has uncommitted changes."""
     root = Path(__file__).resolve().parent.parent

@@ -4,6 +4,7 @@ import json
 import shutil
 import time
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -62,8 +63,12 @@ def test_results_follow_the_contract(study):
         if name != "vae":
             assert {"mmd2", "sliced_w2"} <= set(r["dm_score"]["before"]) and "sliced_w2" in r["dm_score"]["after"]
             assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"
-        fig = json.loads((out / r["figure_data"]).read_text())
+        fig = json.loads((out / r["figure_data"]["tsne"]).read_text())
         assert len(fig["dmvae_xy"]) == len(fig["dmvae_labels"]) > 0 and len(fig["reference_xy"][0]) == 2
+        recon = plt.imread(out / r["figure_data"]["recon_grid"])  # ref_n = 10: originals over reconstructions
+        samples = plt.imread(out / r["figure_data"]["sample_grid"])  # up to 4 per class (gfid_n), class = column
+        assert recon.shape[:2] == (2 * 33 - 1, 10 * 33 - 1) and samples.shape[:2] == (32, 10 * 33 - 1)  # gfid_n = 10: one row
+        assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
     _no_nan(out / "results.json")
     # one shared encoder start for both DM rows
     assert len(list((out / "stages" / "_shared").iterdir())) == 1

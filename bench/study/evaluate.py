@@ -82,26 +82,36 @@ def _fid(feats: torch.Tensor, ref: dict) -> float:
 
 
 @torch.no_grad()
-def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalConfig, cache: Cache) -> dict:
-    """rFID-N, PSNR and SSIM of the tokenizer on held-out images."""
+def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalConfig, cache: Cache,
+                   grid_pairs: int = 20, columns: int = 10) -> tuple[dict, torch.Tensor]:
+    """rFID-N, PSNR and SSIM of the tokenizer on held-out images; and a grid of the first
+    `grid_pairs` images (class-interleaved, so one per class per row) above their reconstructions."""
     dev = next(encoder.parameters()).device
     rec = torch.cat([decoder(encoder(x.to(dev))).clamp(-1, 1).float().cpu() for x in images.split(cfg.batch)])
     feats = fid.inception_features(rec, cfg.batch, cache)
-    return {"rfid": _fid(feats, ref), "psnr": psnr(rec, images), "ssim": ssim(rec, images), "n": len(images)}
+    pairs = [t for lo in range(0, min(grid_pairs, len(images)), columns)
+             for t in (images[lo:lo + columns], rec[lo:lo + columns])]
+    grid = image_grid(torch.cat(pairs), columns)
+    return {"rfid": _fid(feats, ref), "psnr": psnr(rec, images), "ssim": ssim(rec, images), "n": len(images)}, grid
 
 
 @torch.no_grad()
 def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, gen_cfg, ref: dict,
-               cfg: EvalConfig, cache: Cache, log=print) -> dict:
-    """gFID-N over the sampling seeds (+ KID, precision/recall) and the convergence curve."""
+               cfg: EvalConfig, cache: Cache, log=print, keep: int = 0) -> tuple[dict, torch.Tensor]:
+    """gFID-N over the sampling seeds (+ KID, precision/recall) and the convergence curve.
+
+    Also returns the first `keep` images of the first seed (the sample grid shows the very samples
+    that were scored).
+    """
     sample = dict(steps=cfg.sample_steps, cfg=cfg.cfg_scale, decoder=decoder, norm=norm, batch_size=cfg.batch,
                   shift=cfg.shift)
-    per_seed, first_feats = [], None
+    per_seed, first_feats, kept = [], None, None
     for s in cfg.seeds:
         t0 = time.time()
         images, _ = generate(model, cfg.gfid_n, num_classes, s, **sample)
         feats = fid.inception_features(images, cfg.batch, cache)
-        first_feats = feats if first_feats is None else first_feats
+        if first_feats is None:
+            first_feats, kept = feats, images[:keep]
         row = {"seed": s, "gfid": _fid(feats, ref), **fid.kid(feats, ref["features"], seed=s),
                **fid.precision_recall(ref["features"], feats)}
         per_seed.append(row)
@@ -122,7 +132,18 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
                     "subsets": per_seed[0]["subsets"]},
             "precision_recall": {"precision": _mean_std([r["precision"] for r in per_seed]),
                                  "recall": _mean_std([r["recall"] for r in per_seed]), "k": fid.PR_K},
-            "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n}
+            "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n}, kept
+
+
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> one uint8 grid (rows*H, columns*W, C), 1-pixel white gaps."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.full((c, rows * (h + 1) - 1, columns * (w + 1) - 1), 1.0)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[:, r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = img
+    return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
 def latent_structure(latents: torch.Tensor, labels: torch.Tensor, cfg: EvalConfig, seed: int) -> tuple[dict, dict]:

@@ -22,6 +22,7 @@ from bench.study.stages import stage_key
 from priors.base import PriorSettings
 from priors.registry import get_prior
 
+EVALUATE_VERSION = 2  # 2: the stage also keeps reconstruction and sample grids (figure data)
 BASELINE = "vae"  # the prior whose row is the KL-VAE baseline (no distribution matching)
 
 
@@ -53,7 +54,8 @@ class PriorRun:
         else:
             k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), self.latent_shape, images, data_fp)
         k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator))
-        k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed)
+        k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
+                                  EVALUATE_VERSION)
         self.keys = k
 
     # ---------------------------------------------------------------------------------- helpers
@@ -197,7 +199,7 @@ class PriorRun:
         return model.to(D.device()).eval().requires_grad_(False), cps, record
 
     def evaluate(self) -> tuple[dict, dict]:
-        """(metrics record, t-SNE figure data) of the finished run."""
+        """(metrics record, figure data: t-SNE coordinates and image grids) of the finished run."""
         ctx, ev = self.ctx, self.cfg.eval
 
         def compute(_resume):
@@ -207,9 +209,10 @@ class PriorRun:
             ref = ctx.reference
             ctx.log(f"[{self.name}] evaluate: rFID-{ev.ref_n}, gFID-{ev.gfid_n} x {len(ev.seeds)} seeds, "
                     f"{len(cps) - 1} convergence points, structure, t-SNE")
-            rec = E.reconstruction(enc, dec, images, ref, ev, ctx.cache)
-            gen = E.generation(model, cps, dec, norm, ctx.data.num_classes, self.cfg.generator, ref, ev, ctx.cache,
-                               log=ctx.log)
+            rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache)
+            k = ctx.data.num_classes
+            gen, samples = E.generation(model, cps, dec, norm, k, self.cfg.generator, ref, ev, ctx.cache,
+                                        log=ctx.log, keep=4 * k)  # four samples per class, label = column
             z_ref, y_ref = self.prior.sample(ev.structure_n, torch.Generator().manual_seed(self.cfg.seed))
             x_s, y_s = ctx.structure_images
             z_dm = encode_latents(enc, x_s, norm)
@@ -220,7 +223,8 @@ class PriorRun:
                       **gen, "structure": {"reference": s_ref, "dmvae": s_dm},
                       "tokenizer": {k: hist.get(k) for k in ("dm_score", "start", "loss_terms", "regulariser")}}
             tsne = {"reference_xy": t_ref["xy"], "reference_labels": t_ref["labels"],
-                    "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"]}
+                    "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"],
+                    "recon_grid": rec_grid, "sample_grid": E.image_grid(samples, k)}
             return tsne, record
 
         if D.world_size() > 1 and self.ctx.store.load(self.name, "evaluate", self.keys["evaluate"]) is None:

@@ -7,7 +7,7 @@ results.json (SCHEMA_VERSION):
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
         {mean, std, seeds, n}, gfid_n, kid, precision_recall, convergence [{epoch, gfid}],
         structure {reference, dmvae}, dm_score {before, after}, timings {stage: seconds}, cached
-        [stages loaded, not computed, in this run], figure_data (t-SNE coordinates file)
+        [stages loaded, not computed, in this run], figure_data {tsne, recon_grid, sample_grid} (files)
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
 reason and the others go on; no number that was not measured is written.
 """
@@ -26,7 +26,7 @@ from bench.cache import Cache
 from bench.config import config_hash, to_dict
 from bench.data import DataSpec, dataset_fingerprint, load_dataset
 from bench.errors import UserError
-from bench.io import atomic_write_json, environment
+from bench.io import atomic_write_json, atomic_write_png, environment
 from bench.metrics import fid
 from bench.study import evaluate as E
 from bench.study.config import StudyConfig
@@ -129,7 +129,7 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
             run = PriorRun(name, ctx)
             results["meta"]["stage_keys"][name] = run.keys
             record, tsne = run.evaluate()
-            _write_figure_data(out / "figure_data" / f"tsne_{name}.json", tsne)
+            _write_figure_data(out / "figure_data", name, tsne)
             prov = run.provenance
             results["meta"]["provenance"][name] = prov
             results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
@@ -160,15 +160,28 @@ def _prior_entry(run: PriorRun, record: dict) -> dict:
              "dm_score": {"before": dm["before"], "after": dm["after"]} if dm else
              {"before": None, "after": None, "note": "no distribution-matching stage (KL baseline)"},
              "encoder_start": hist.get("start"), "loss_terms": hist.get("loss_terms"),
-             "regulariser": hist.get("regulariser"), "figure_data": f"figure_data/tsne_{run.name}.json"}
+             "regulariser": hist.get("regulariser"), "figure_data": _figure_files(run.name)}
     E.finite_or_raise(entry, f"priors.{run.name}")
     return entry
 
 
-def _write_figure_data(path: Path, tsne: dict) -> None:
-    """t-SNE coordinates and labels of reference and DMVAE latents (paper Fig. 4), for the report."""
-    if D.rank() == 0:
-        atomic_write_json(path, {k: v.tolist() for k, v in tsne.items()})
+def _figure_files(name: str) -> dict:
+    """The figure data files of one prior, relative to the study folder (reports/ reads them)."""
+    safe = name.replace(":", "_")
+    return {"tsne": f"figure_data/tsne_{safe}.json", "recon_grid": f"figure_data/recon_{safe}.png",
+            "sample_grid": f"figure_data/samples_{safe}.png"}
+
+
+def _write_figure_data(folder: Path, name: str, data: dict) -> None:
+    """t-SNE coordinates and labels of reference and DMVAE latents (paper Fig. 4) as JSON, and the
+    reconstruction / sample grids as PNG, for the report (which must not need torch)."""
+    if D.rank() != 0:
+        return
+    files = _figure_files(name)
+    atomic_write_json(folder.parent / files["tsne"], {k: v.tolist() for k, v in data.items() if "grid" not in k})
+    for key in ("recon_grid", "sample_grid"):
+        if key in data:
+            atomic_write_png(folder.parent / files[key], data[key].numpy())
 
 
 def summary(results: dict) -> str:
