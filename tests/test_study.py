@@ -60,6 +60,9 @@ def test_results_follow_the_contract(study):
         for side in ("reference", "dmvae"):
             assert {"knn_accuracy", "linear_probe_accuracy", "silhouette"} <= set(r["structure"][side])
         assert r["loss_terms"]["l1"] and "dm_score" in r
+        assert r["models"]["generator"]["params"] > 0 and r["models"]["generator"]["epochs"] > 0
+        assert set(r["throughput_img_per_s"]) == ({"dmvae", "generator"} if name == "vae" else
+                                                  {"teacher", "start", "dmvae", "generator"})
         if name != "vae":
             assert {"mmd2", "sliced_w2"} <= set(r["dm_score"]["before"]) and "sliced_w2" in r["dm_score"]["after"]
             assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"

@@ -30,6 +30,10 @@ def _asdict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def n_params(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
 class PriorRun:
     """The stages of one prior; `on_stage(stage, seconds, cached)` is called after each."""
 
@@ -79,14 +83,35 @@ class PriorRun:
         self.ctx.on_stage(self.name, stage, record["seconds"], cached=False)
         return state, record
 
+    def record(self, stage: str) -> dict:
+        """A finished stage's record (no tensors loaded), or {}."""
+        owner = self.start_owner if stage == "start" else self.name
+        hit = self.ctx.store.load(owner, stage, self.keys[stage], tensors=False)
+        return hit[1] if hit is not None else {}
+
     def timings(self) -> dict:
         """Seconds each finished stage took when it was computed (from the stage records)."""
+        return {s: r["seconds"] for s in self.keys if (r := self.record(s)).get("seconds") is not None}
+
+    def throughput(self) -> dict:
+        """Training images (or prior draws) per second of each training stage, as measured."""
         out = {}
-        for stage, key in self.keys.items():
-            owner = self.start_owner if stage == "start" else self.name
-            hit = self.ctx.store.load(owner, stage, key, tensors=False)
-            if hit is not None and hit[1].get("seconds") is not None:
-                out[stage] = hit[1]["seconds"]
+        for stage in ("teacher", "start", "dmvae", "generator"):
+            r = self.record(stage) if stage in self.keys else {}
+            hist = r.get("history") or r.get("start") or r
+            if isinstance(hist, dict) and hist.get("img_per_s") is not None:
+                out[stage] = hist["img_per_s"]
+        return out
+
+    def models(self) -> dict:
+        """Sizes of the nets this prior trained (parameter counts from the stage records)."""
+        c, gen = self.cfg, self.record("generator")
+        cps = gen.get("checkpoints") or [{}]
+        out = {"generator": {"size": c.generator.net, "params": gen.get("params"), "steps": c.generator.steps,
+                             "batch": c.generator.batch, "epochs": cps[-1].get("epoch")},
+               "tokenizer": self.record("dmvae").get("params")}
+        if "teacher" in self.keys:
+            out["score_nets"] = {"size": c.teacher.net, "params": self.record("teacher").get("params")}
         return out
 
     def _every(self) -> int:
@@ -125,7 +150,7 @@ class PriorRun:
 
         def compute(resume):
             net, norm = train_teacher(self.prior, c, stats, checkpoint=resume, checkpoint_every=self._every())
-            return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict()}
+            return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
 
         state, record = self._stage("teacher", compute)
         net = build_score_net(c.net, self.latent_shape, self.ctx.data.num_classes, c.patch, c.pos)
@@ -172,7 +197,8 @@ class PriorRun:
                 enc, dec, _, hist = train_dmvae(data.images, data.labels, self.prior, s_real, norm, c, self.start,
                                                 checkpoint=resume, checkpoint_every=self._every())
             return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
-                    {"history": hist, "norm": norm.to_dict()})
+                    {"history": hist, "norm": norm.to_dict(),
+                     "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
 
         state, record = self._stage("dmvae", compute)
         enc, dec = self._tokenizer(state, variational=self.baseline)
@@ -189,8 +215,8 @@ class PriorRun:
             model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c,
                                                checkpoint=resume, checkpoint_every=self._every())
             return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
-                    {"history": hist, "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"}
-                                                      for cp in cps]})
+                    {"history": hist, "params": n_params(model),
+                     "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
 
         state, record = self._stage("generator", compute)
         model = build_score_net(c.net, self.latent_shape, data.num_classes, c.patch, c.pos)

@@ -6,7 +6,8 @@ results.json (SCHEMA_VERSION):
         every evaluation setting, stage keys, wall time
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
         {mean, std, seeds, n}, gfid_n, kid, precision_recall, convergence [{epoch, gfid}],
-        structure {reference, dmvae}, dm_score {before, after}, timings {stage: seconds}, cached
+        structure {reference, dmvae}, dm_score {before, after}, timings {stage: seconds},
+        throughput_img_per_s {stage: img/s}, models {generator: {size, params, epochs}, ...}, cached
         [stages loaded, not computed, in this run], figure_data {tsne, recon_grid, sample_grid} (files)
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
 reason and the others go on; no number that was not measured is written.
@@ -133,7 +134,8 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
             prov = run.provenance
             results["meta"]["provenance"][name] = prov
             results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
-            results["priors"][name].update(_prior_entry(run, record), timings=run.timings())
+            results["priors"][name].update(_prior_entry(run, record), timings=run.timings(),
+                                           throughput_img_per_s=run.throughput(), models=run.models())
         except Exception as e:  # one prior's failure must not lose the others
             expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
             reason = str(e) if expected else f"{type(e).__name__}: {e}"
