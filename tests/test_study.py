@@ -73,6 +73,10 @@ def test_results_follow_the_contract(study):
         assert recon.shape[:2] == (2 * 33 - 1, 10 * 33 - 1) and samples.shape[:2] == (32, 10 * 33 - 1)  # gfid_n = 10: one row
         assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
     _no_nan(out / "results.json")
+    # the run ends with its report, rendered from results.json (tests/test_reports.py tests the renderer)
+    md = (out / "report.md").read_text()
+    assert "## Reference priors (Table 1 style)" in md and "| vae | VAE-baseline | ok |" in md
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "figures" / "tsne.png").exists()
     # one shared encoder start for both DM rows
     assert len(list((out / "stages" / "_shared").iterdir())) == 1
     # the vae row is the KL baseline: no teacher, no start, no DM score (never a made-up number)

@@ -1,0 +1,266 @@
+"""The report's tables, built from results only: Table 1/2/3 style, structure, timings.
+
+A Table holds formatted cells and which cells are best; reports/render.py writes it as Markdown
+or HTML. Best is judged over this run's ok rows only, per column, in the column's direction
+(lower rFID/gFID/KID; higher PSNR/SSIM/accuracies/silhouette); reported rows are never mixed in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from reports import paper
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)        # per row: "this run" | "reported"
+    best: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells marked best
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, cells: list, kind: str = "this run") -> int:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{self.title}: row of {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append([str(c) for c in cells])
+        self.kinds.append(kind)
+        return len(self.rows) - 1
+
+    def mark_best(self, col: int, values: dict[int, float | None], higher: bool, digits: int = 2) -> None:
+        """Mark the best of {row: value} in column col, compared as shown (rounded to `digits`), so
+        equal-looking cells are marked together; needs two or more distinct values."""
+        vals = {r: round(v, digits) for r, v in values.items() if v is not None and math.isfinite(v)}
+        if len(set(vals.values())) < 2:  # one value, or all equal: nothing stands out
+            return
+        best = max(vals.values()) if higher else min(vals.values())
+        self.best |= {(r, col) for r, v in vals.items() if v == best}
+
+
+def fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_params(n: int | None) -> str:
+    if not n:
+        return "—"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def mean_std(d: dict | None, digits: int = 2) -> str:
+    return "—" if not d else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def ok_priors(results: dict) -> dict[str, dict]:
+    return {n: r for n, r in results["priors"].items() if r.get("status") == "ok"}
+
+
+def paper_row(results: dict, name: str) -> str | None:
+    info = results["meta"].get("provenance", {}).get(name, {}).get("info", {})
+    return info.get("paper_row") or paper.PAPER_ROW.get(name)
+
+
+def status_cell(r: dict) -> str:
+    s = r.get("status", "?")
+    return f"failed: {r.get('reason', 'no reason recorded')}" if s == "failed" else s
+
+
+def _n(results: dict, key: str) -> int | None:
+    ev = results["meta"].get("config", {}).get("eval", {})
+    return ev.get(key)
+
+
+# ------------------------------------------------------------------------------------ Table 1
+def table1(results: dict) -> Table:
+    """One row per prior: our reconstruction / generation / structure numbers beside the paper's."""
+    ref_n, gfid_n = _n(results, "ref_n"), _n(results, "gfid_n")
+    seeds = len(results["meta"].get("config", {}).get("eval", {}).get("seeds", []))
+    t = Table(f"Table 1 style: reference priors (this run vs reported, {paper.SETTING})",
+              ["prior", "paper row", "status", f"rFID-{_k(ref_n)}", "PSNR", "SSIM",
+               f"gFID-{_k(gfid_n)} (mean ± std, {seeds} seeds)", "KID (mean)", "kNN acc.", "lin. probe",
+               "silhouette", "rFID (reported)", "PSNR (reported)", "gFID-5k (reported)"])
+    vals: dict[int, dict[int, float]] = {c: {} for c in range(len(t.columns))}
+    for name, r in results["priors"].items():
+        row = paper_row(results, name)
+        rep = paper.TABLE1.get(row, {})
+        if r.get("status") != "ok":
+            t.add([name, row or "—", status_cell(r), *["—"] * 8, fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1),
+                   fmt(rep.get("gfid"), 1)])
+            continue
+        s = r["structure"]["dmvae"]
+        i = t.add([name, row or "—", "ok", fmt(r["rfid"]), fmt(r["psnr"]), fmt(r["ssim"], 3), mean_std(r["gfid"]),
+                   fmt(r["kid"]["mean"], 4), fmt(s["knn_accuracy"], 3), fmt(s["linear_probe_accuracy"], 3),
+                   fmt(s["silhouette"], 3), fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1), fmt(rep.get("gfid"), 1)])
+        for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (7, r["kid"]["mean"]),
+                     (8, s["knn_accuracy"]), (9, s["linear_probe_accuracy"]), (10, s["silhouette"])):
+            vals[c][i] = v
+    for c, higher, digits in ((3, False, 2), (4, True, 2), (5, True, 3), (6, False, 2), (7, False, 4), (8, True, 3),
+                              (9, True, 3), (10, True, 3)):
+        t.mark_best(c, vals[c], higher, digits)
+    t.notes.append("Structure columns (kNN, probe, silhouette) are measured on the DMVAE's latents of held-out "
+                   "images; the structure table below also has the reference latents.")
+    t.notes.append("Reported: " + paper.CAVEAT)
+    return t
+
+
+def _k(n: int | None) -> str:
+    if n is None:
+        return "N"
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def kendall_tau(ours: dict[str, float], theirs: dict[str, float]) -> tuple[float | None, list[str]]:
+    """Kendall's tau-b between two scorings of the names both have (None with fewer than 2)."""
+    names = sorted(set(ours) & set(theirs))
+    if len(names) < 2:
+        return None, names
+    conc = disc = ties_a = ties_b = 0
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            da, db = ours[a] - ours[b], theirs[a] - theirs[b]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
+    return (None if denom == 0 else (conc - disc) / denom), names
+
+
+def rank_agreement(results: dict) -> str:
+    """One sentence: Kendall tau-b of our gFID order against the paper's, over shared priors."""
+    ours = {paper_row(results, n): r["gfid"]["mean"] for n, r in ok_priors(results).items()}
+    theirs = {row: v["gfid"] for row, v in paper.TABLE1.items()}
+    tau, names = kendall_tau(ours, theirs)
+    if tau is None:
+        return (f"Rank agreement with the paper's gFID order: not computed ({len(names)} prior(s) in common; "
+                f"Kendall tau needs two or more).")
+    return (f"Rank agreement with the paper's gFID order: Kendall tau-b = {tau:+.2f} over {len(names)} priors "
+            f"({', '.join(names)}); +1 is the same order, -1 the reverse. With so few priors, even a perfect "
+            f"order is weak evidence (five priors: tau = 1 by chance with probability 1/120).")
+
+
+def gfid_resolution(results: dict, z: float = 2.0) -> Table:
+    """Neighbours in our gFID order, and whether their gap exceeds z times the combined seed std."""
+    ok = sorted(ok_priors(results).items(), key=lambda kv: kv[1]["gfid"]["mean"])
+    t = Table("Which gFID differences exceed the sampling noise", ["pair (better first)", "gap", "combined std",
+                                                                    f"resolved (gap > {z:g} x std)"])
+    for (a, ra), (b, rb) in zip(ok, ok[1:]):
+        gap = rb["gfid"]["mean"] - ra["gfid"]["mean"]
+        sd = math.hypot(ra["gfid"]["std"], rb["gfid"]["std"])
+        t.add([f"{a} < {b}", fmt(gap), fmt(sd), "yes" if gap > z * sd else "no"])
+    t.notes.append("The std is over sampling seeds with one trained model per prior: it measures sampling "
+                   "noise, not the spread over training seeds, which is larger. With two seeds it is itself a "
+                   "rough estimate.")
+    return t
+
+
+# ------------------------------------------------------------------------------------ structure
+def structure_table(results: dict) -> Table:
+    t = Table("Latent structure and distribution matching",
+              ["prior", "kNN acc. ref / DMVAE", "lin. probe ref / DMVAE", "silhouette ref / DMVAE",
+               "DM score SW2 before → after", "MMD² before → after"])
+    for name, r in ok_priors(results).items():
+        ref, dm = r["structure"]["reference"], r["structure"]["dmvae"]
+        b, a = r["dm_score"].get("before"), r["dm_score"].get("after")
+        t.add([name, f"{fmt(ref['knn_accuracy'], 3)} / {fmt(dm['knn_accuracy'], 3)}",
+               f"{fmt(ref['linear_probe_accuracy'], 3)} / {fmt(dm['linear_probe_accuracy'], 3)}",
+               f"{fmt(ref['silhouette'], 3)} / {fmt(dm['silhouette'], 3)}",
+               f"{fmt(b['sliced_w2'], 4)} → {fmt(a['sliced_w2'], 4)}" if b and a else "— (no DM stage)",
+               f"{fmt(b['mmd2'], 4)} → {fmt(a['mmd2'], 4)}" if b and a else "— (no DM stage)"])
+    t.notes.append("ref: draws of the reference distribution p_r with their labels; DMVAE: the tokenizer's "
+                   "normalised latents of held-out images. DM score: distance between q(z) and p_r(z) before "
+                   "and after the DM stage (lower after = the stage did its job).")
+    return t
+
+
+def timing_table(results: dict) -> Table:
+    stages = ["prior", "teacher", "start", "dmvae", "generator", "evaluate"]
+    t = Table("Wall time per stage (seconds, when computed) and training throughput",
+              ["prior", "prior build", *stages[1:], "total", "img/s (teacher / start / dmvae / generator)"])
+    for name, r in results["priors"].items():
+        tim = r.get("timings") or {}
+        thr = r.get("throughput_img_per_s") or {}
+        t.add([name, *[fmt(tim.get(s), 1) for s in stages], fmt(sum(tim.values()), 1) if tim else "—",
+               " / ".join(fmt(thr.get(s), 0) for s in ("teacher", "start", "dmvae", "generator"))])
+    t.notes.append("The shared encoder start is computed once (by the first prior that needs it); later "
+                   "priors show its recorded time. Stages loaded from an earlier run keep the time they took "
+                   "when computed.")
+    return t
+
+
+# ------------------------------------------------------------------------------------ Table 2
+def table2(ablations: dict[str, dict]) -> list[Table]:
+    """One table per swept key: our rows (one per value and prior) and the paper's rows."""
+    by_key: dict[str, list[tuple[str, dict]]] = {}
+    for tag, res in ablations.items():
+        key, _, value = tag.partition("=")
+        by_key.setdefault(key, []).append((value, res))
+    tables = []
+    for key, runs in by_key.items():
+        runs.sort(key=lambda vr: _sort_value(vr[0]))
+        first = runs[0][1]
+        ref_n, gfid_n = _n(first, "ref_n"), _n(first, "gfid_n")
+        rep = paper.TABLE2.get(key)
+        t = Table(f"Table 2 style: ablation of {key}" + (f" ({rep['title']})" if rep else ""),
+                  ["source", "setting", "prior", "PSNR", f"rFID-{_k(ref_n)}", f"gFID-{_k(gfid_n)} (mean ± std)",
+                   "status"])
+        cols = {3: {}, 4: {}, 5: {}}
+        for value, res in runs:
+            for name, r in res["priors"].items():
+                if r.get("status") != "ok":
+                    t.add(["this run", f"{key}={value}", name, "—", "—", "—", status_cell(r)])
+                    continue
+                i = t.add(["this run", f"{key}={value}", name, fmt(r["psnr"]), fmt(r["rfid"]), mean_std(r["gfid"]),
+                           "ok"])
+                cols[3][i], cols[4][i], cols[5][i] = r["psnr"], r["rfid"], r["gfid"]["mean"]
+        for c, higher in ((3, True), (4, False), (5, False)):
+            t.mark_best(c, cols[c], higher)
+        if rep:
+            for value, row in rep["rows"].items():
+                t.add(["reported", row["label"], "DINO (paper)", fmt(row["psnr"], 1), fmt(row["rfid"]),
+                       fmt(row["gfid"], 1), "—"], kind="reported")
+            if rep.get("note"):
+                t.notes.append(rep["note"])
+            t.notes.append("Reported: the paper's Table 2 (DINO prior, ImageNet-256, gFID-5k). " + paper.CAVEAT)
+        else:
+            t.notes.append(f"The paper has no ablation of {key}: no reported rows.")
+        tables.append(t)
+    return tables
+
+
+def _sort_value(v: str):
+    try:
+        return (0, float(v), v)
+    except ValueError:
+        return (1, 0.0, v)
+
+
+# ------------------------------------------------------------------------------------ Table 3
+def table3(results: dict) -> Table:
+    gfid_n, ref_n = _n(results, "gfid_n"), _n(results, "ref_n")
+    t = Table("Table 3 style: system level (reported rows from the paper; this run's rows below them)",
+              ["source", "method", "PSNR", "rFID", "epochs", "generator params", "gFID", "IS"])
+    for row in paper.TABLE3:
+        t.add(["reported", row["method"], fmt(row["psnr"], 1), fmt(row["rfid"]), str(row["epochs"]), row["params"],
+               fmt(row["gfid"]), fmt(row["is"], 1)], kind="reported")
+    for name, r in ok_priors(results).items():
+        g = (r.get("models") or {}).get("generator", {})
+        t.add(["this run", f"DMVAE, {name} prior" if name != "vae" else "KL-VAE baseline", fmt(r["psnr"], 1),
+               f"{fmt(r['rfid'])} (N={ref_n})", fmt(g.get("epochs"), 1),
+               f"{fmt_params(g.get('params'))} ({g.get('size', '?')})",
+               f"{mean_std(r['gfid'])} (N={gfid_n})", "not measured"])
+    t.notes.append("Reported: " + paper.TABLE3_SETTING + ". " + paper.CAVEAT)
+    t.notes.append("IS is not measured by this suite: the offline Inception weights (ASSETS.md) are the FID "
+                   "feature network without its classifier layer, so an Inception Score cannot be computed.")
+    return t

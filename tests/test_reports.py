@@ -1,0 +1,269 @@
+"""The report renderer (reports/): tables, figures, Markdown, self-contained HTML, bad input, no torch.
+
+A small results folder is written here by hand in the runner's schema (bench/study/runner.py),
+so these tests run in seconds; tests/test_study.py checks that a real run ends with a report.
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from reports import build_report
+from reports.results import SCHEMA_VERSION
+from reports.tables import kendall_tau
+
+ROOT = Path(__file__).resolve().parent.parent
+PRIORS = {  # name: (paper row, rfid, psnr, gfid mean, gfid std)
+    "gaussian": ("Gaussian", 30.0, 20.5, 60.0, 1.0),
+    "dino": ("DINO", 40.0, 19.0, 45.0, 1.5),
+    "vae": ("VAE-baseline", 25.0, 22.0, 70.0, 0.5),
+}
+
+
+def _prior_entry(name, rfid, psnr, gmean, gstd):
+    st = {"knn_accuracy": 0.8, "linear_probe_accuracy": 0.75, "silhouette": 0.1, "n": 100, "seed": 0}
+    dm = None if name == "vae" else {"before": {"sliced_w2": 0.5, "mmd2": 0.05}, "after": {"sliced_w2": 0.2, "mmd2": 0.01}}
+    return {"status": "ok", "rfid": rfid, "rfid_n": 50, "psnr": psnr, "ssim": 0.7, "gfid_n": 50,
+            "gfid": {"mean": gmean, "std": gstd, "seeds": [0, 1], "n": 50},
+            "kid": {"mean": gmean / 1000, "std": 0.001}, "precision_recall": {},
+            "convergence": [{"epoch": 0.5, "gfid": gmean * 2}, {"epoch": 1.0, "gfid": gmean}],
+            "structure": {"reference": st, "dmvae": {**st, "knn_accuracy": 0.7 if name == "dino" else 0.6}},
+            "dm_score": dm or {"before": None, "after": None, "note": "no distribution-matching stage (KL baseline)"},
+            "encoder_start": {"kind": "plain-ae"}, "loss_terms": {"l1": True, "lpips": "unavailable: no weights"},
+            "regulariser": {"kind": "KL" if name == "vae" else "distribution matching"},
+            "timings": {"prior": 1.0, "dmvae": 10.0, "generator": 5.0, "evaluate": 3.0},
+            "throughput_img_per_s": {"dmvae": 100.0, "generator": 900.0},
+            "models": {"generator": {"size": "P", "params": 180_000, "epochs": 1.0}},
+            "figure_data": {"tsne": f"figure_data/tsne_{name}.json", "recon_grid": f"figure_data/recon_{name}.png",
+                            "sample_grid": f"figure_data/samples_{name}.png"}}
+
+
+def _meta(priors):
+    return {"schema_version": SCHEMA_VERSION, "config_hash": "abc123", "git_commit": "deadbeef", "date": "2026-11-26",
+            "device": {"type": "cpu"}, "world_size": 1, "wall_s": 12.0, "priors_requested": list(priors),
+            "packages": {"torch": "x"}, "seeds": {"study": 0}, "weights": {}, "feature_source": {},
+            "evaluation": {"gfid": {"n": 50}}, "stage_keys": {},
+            "provenance": {n: {"info": {"paper_row": PRIORS[n][0]}} for n in priors if n in PRIORS},
+            "config": {"dataset": "fashion-mnist", "resolution": 32, "latent_channels": 4, "latent_size": 8,
+                       "features": "local", "eval": {"ref_n": 50, "gfid_n": 50, "seeds": [0, 1], "convergence_n": 20,
+                                                     "ref_split": "test", "sample_steps": 10, "cfg_scale": 1.0,
+                                                     "tsne_per_class": 5}}}
+
+
+def write_study(out: Path, priors=tuple(PRIORS)) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    res = {"meta": _meta(priors), "priors": {}}
+    for name in priors:
+        res["priors"][name] = _prior_entry(name, *PRIORS[name][1:])
+        fd = out / "figure_data"
+        fd.mkdir(exist_ok=True)
+        labels = [i % 10 for i in range(50)]
+        (fd / f"tsne_{name}.json").write_text(json.dumps(
+            {"reference_xy": rng.normal(size=(50, 2)).tolist(), "reference_labels": labels,
+             "dmvae_xy": rng.normal(size=(50, 2)).tolist(), "dmvae_labels": labels}))
+        for kind in ("recon", "samples"):
+            plt.imsave(fd / f"{kind}_{name}.png", rng.integers(0, 255, (65, 329)).astype(np.uint8), cmap="gray")
+    (out / "results.json").write_text(json.dumps(res))
+    return out
+
+
+@pytest.fixture
+def study(tmp_path):
+    return write_study(tmp_path / "study")
+
+
+def _tables(md: str) -> list[list[str]]:
+    """The Markdown tables (lists of row lines) of a document."""
+    tables, cur = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            tables.append(cur)
+            cur = []
+    return tables + ([cur] if cur else [])
+
+
+def test_table1_golden(study):
+    md_path, _ = build_report(study)
+    md = md_path.read_text()
+    table1 = next(t for t in _tables(md) if "paper row" in t[0])
+    assert table1 == [
+        "| prior | paper row | status | rFID-50 | PSNR | SSIM | gFID-50 (mean ± std, 2 seeds) | KID (mean) | kNN acc. "
+        "| lin. probe | silhouette | rFID (reported) | PSNR (reported) | gFID-5k (reported) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gaussian | Gaussian | ok | 30.00 | 20.50 | 0.700 | 60.00 ± 1.00 | 0.0600 | 0.600 | 0.750 | 0.100 | 0.47 "
+        "| 27.4 | 26.6 |",
+        "| dino | DINO | ok | 40.00 | 19.00 | 0.700 | **45.00 ± 1.50** | **0.0450** | **0.700** | 0.750 | 0.100 | 0.81 "
+        "| 21.8 | 13.1 |",
+        "| vae | VAE-baseline | ok | **25.00** | **22.00** | 0.700 | 70.00 ± 0.50 | 0.0700 | 0.600 | 0.750 | 0.100 "
+        "| 0.54 | 25.7 | 27.3 |",
+    ]
+    # our gFID order dino < gaussian < vae; the paper's DINO 13.1 < Gaussian 26.6 < VAE 27.3: tau = +1
+    assert "Kendall tau-b = +1.00 over 3 priors" in md
+    assert "dino < gaussian | 15.00 | 1.80 | yes" in md and "gaussian < vae | 10.00 | 1.12 | yes" in md
+    # every table is well formed: the same number of cells in every row
+    for t in _tables(md):
+        counts = {len(re.findall(r"(?<!\\)\|", row)) for row in t}
+        assert len(counts) == 1, t[0]
+
+
+def test_kendall_tau_matches_scipy():
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.integers(0, 4, 7).astype(float), rng.integers(0, 4, 7).astype(float)  # with ties
+        names = [str(i) for i in range(7)]
+        ours, _ = kendall_tau(dict(zip(names, a)), dict(zip(names, b)))
+        ref = kendalltau(a, b).statistic
+        assert (ours is None and np.isnan(ref)) or ours == pytest.approx(ref)
+    assert kendall_tau({"a": 1.0}, {"a": 2.0})[0] is None
+
+
+def test_report_has_every_section_and_figure(study):
+    md_path, html_path = build_report(study)
+    md = md_path.read_text()
+    for heading in ("Reference priors (Table 1 style)", "Latent structure", "Convergence",
+                    "System level (Table 3 style)", "Reconstructions and samples", "Provenance"):
+        assert f"## {heading}" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "figures/convergence.png" in links and "figures/tsne.png" in links
+    assert len(links) == 2 + 2 * len(PRIORS)
+    for rel in links:  # relative files, as GitHub shows them next to report.md
+        assert not rel.startswith(("/", "http")) and (study / rel).is_file(), rel
+    assert "| reported | DMVAE | 21.5 | 0.64 | 800 | 675M | 1.64 | 216.3 |" in md  # Table 3, labelled
+    assert "| this run | DMVAE, dino prior |" in md and "not measured" in md
+    assert "abc123" in md and "deadbeef" in md  # provenance
+    assert md.count("not the values themselves") >= 2  # the caveat is visible
+
+
+def test_html_is_self_contained_and_escaped(study):
+    res = json.loads((study / "results.json").read_text())
+    res["priors"]["bad<script>"] = {"status": "failed", "reason": "NaN at step 3 <b>&amp;</b>"}
+    (study / "results.json").write_text(json.dumps(res))
+    _, html_path = build_report(study)
+    page = html_path.read_text()
+    assert "<script" not in page and "bad&lt;script&gt;" in page and "&lt;b&gt;&amp;amp;&lt;/b&gt;" in page
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for s in srcs:  # every inline image is a real PNG
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(href|src)="(http|//|file:)', page)
+
+
+def test_failed_prior_has_no_numbers(study):
+    res = json.loads((study / "results.json").read_text())
+    res["priors"]["dino"] = {"status": "failed", "reason": "non-finite loss at step 12 of the DM stage",
+                             "timings": {"prior": 1.0}}
+    (study / "results.json").write_text(json.dumps(res))
+    md = build_report(study)[0].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| dino | DINO |"))
+    assert "failed: non-finite loss at step 12" in row
+    assert row.split(" | ")[3:11] == ["—"] * 8  # nothing that was not measured
+    assert "Prior 'dino' is failed" in md
+
+
+def test_missing_figure_data_is_left_out_with_a_note(study):
+    (study / "figure_data" / "tsne_dino.json").unlink()
+    (study / "figure_data" / "samples_vae.png").unlink()
+    md = build_report(study)[0].read_text()
+    assert "t-SNE panel of 'dino' left out" in md and "sample grid of 'vae' is left out" in md
+    assert "figures/tsne.png" in md  # the other panels are still drawn
+
+
+def test_bad_input_gets_a_clear_message(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "No results.json" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+    out = write_study(tmp_path / "old")
+    res = json.loads((out / "results.json").read_text())
+    res["meta"]["schema_version"] = 99
+    (out / "results.json").write_text(json.dumps(res))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "schema version 99" in err and f"reads version {SCHEMA_VERSION}" in err and "Traceback" not in err
+    (out / "results.json").write_text('{"meta": {"schema_ver')
+    with pytest.raises(UserError, match="not valid JSON"):
+        build_report(out)
+
+
+def test_ablation_folder_gives_table2_with_reported_rows(tmp_path):
+    out = tmp_path / "abl"
+    for v, g in (("1", 50.0), ("10", 45.0)):
+        d = write_study(out / "ablate" / f"dmvae.dm_weight={v}", ("dino",))
+        res = json.loads((d / "results.json").read_text())
+        res["priors"]["dino"]["gfid"]["mean"] = g
+        (d / "results.json").write_text(json.dumps(res))
+    md = build_report(out)[0].read_text()
+    assert "## Ablations (Table 2 style)" in md and "Table 2 style: ablation of dmvae.dm_weight" in md
+    assert "| this run | dmvae.dm_weight=1 | dino |" in md and "**45.00 ± 1.50**" in md
+    assert "| reported | lambda 100 | DINO (paper) | 19.6 | 0.82 | 12.6 | — |" in md
+
+
+def test_toy_section_when_present(study):
+    toy = study / "toy2d"
+    toy.mkdir()
+    plt.imsave(toy / "toy2d.png", np.zeros((20, 20)), cmap="gray")
+    (toy / "toy2d.json").write_text(json.dumps({"config": {"target": "s_curve"}, "config_hash": "t1", "figure": "toy2d.png",
+                                                "teacher": {"sliced_w2": 0.035}, "timings_s": {"dm": 80.0},
+                                                "objectives": {"dm": {"status": "ok", "sliced_w2": 0.0154}}}))
+    md = build_report(study)[0].read_text()
+    assert "## 2D toy (paper Fig. 3)" in md and "| dm | ok | 0.0154 | 80.0 |" in md and "(toy2d/toy2d.png)" in md
+
+
+def test_report_code_does_not_import_torch(study):
+    code = ("import sys; from bench.cli import main; rc = main(['report', sys.argv[1]]); "
+            "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code, str(study)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (study / "report.html").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# After the page's load event, count broken images and tables; the report itself has no scripts.
+PROBE = ('<script>window.addEventListener("load",()=>{let bad=0;for(const i of document.images){if(!i.complete||'
+         'i.naturalWidth===0){bad++;console.error("broken image: "+i.alt)}}console.log("probe: "+document.images.length'
+         '+" images, "+bad+" broken, "+document.querySelectorAll("table").length+" tables")})</script>')
+
+
+def _chromium(args: list[str], page: Path) -> str:
+    r = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                        "--v=0", *args, page.as_uri()], capture_output=True, text=True, timeout=120)
+    return r.stdout + r.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="Debian chromium is not installed (scripts/setup.sh installs it as root; CI must have it)")
+def test_html_in_headless_chromium(study, tmp_path):
+    assert CHROMIUM, "chromium is missing: scripts/setup.sh installs the Debian package 'chromium'"
+    _, page = build_report(study)
+    probed = page.with_name("probed.html")
+    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    log = _chromium(["--dump-dom"], probed)
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert len(console) == 1, console  # only the probe's own line: no errors, no broken images
+    n_tables = page.read_text().count("<table>")
+    assert f"probe: {2 + 2 * len(PRIORS)} images, 0 broken, {n_tables} tables" in console[0]
+    # the control: a broken image is caught by the same probe
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><img alt="x" src="data:image/png;base64,AAAA">' + PROBE + "</body></html>")
+    assert "broken image: x" in _chromium(["--dump-dom"], bad)
+    shot = tmp_path / "shot.png"
+    _chromium(["--hide-scrollbars", "--window-size=1300,2400", f"--screenshot={shot}"], page)
+    img = plt.imread(shot)
+    assert img.shape[:2] == (2400, 1300)
+    ink = (img[..., :3].mean(-1) < 0.5).mean(0)  # dark pixels per column: text, tables and figures
+    assert img[..., :3].std() > 0.1 and (ink > 0).mean() > 0.5
