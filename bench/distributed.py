@@ -75,6 +75,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over processes, in the tensor's dtype (gradients); the tensor itself without DDP."""
+    if not active():
+        return t
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world_size()
+
+
 def shard(n: int) -> range:
     """The indices 0..n-1 this process handles (strided, so any world size covers all once)."""
     return range(rank(), n, world_size())

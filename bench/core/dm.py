@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.core import noise as rng
 from bench.core.flow import TimeSampler, guided_data_prediction, interpolate
 
 NORM_EPS = 1e-6  # guards the DMD normalisation when x_real already equals z
@@ -37,6 +38,6 @@ def dm_loss(real, fake, z, y, time_sampler: TimeSampler, cfg: float = 1.0,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """The DM loss for latents z that carry grad (encoder outputs, or learnable points)."""
     t = time_sampler(z.shape[0], generator=generator, device=z.device)
-    eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    eps = rng.randn(z.shape, generator, z.device, z.dtype)
     g = dm_direction(real, fake, z.detach(), y, t, eps, cfg)
     return surrogate_loss(z, g)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.core import noise as rng
+
 
 def interpolate(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """z_t = t x + (1 - t) eps, with t (B,) broadcast over the remaining dims."""
@@ -69,7 +71,7 @@ class TimeSampler:
             raise ValueError(f"time shift must be > 0, got {self.shift}")
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        u = torch.rand(n, generator=generator, device=device)
+        u = rng.rand((n,), generator, device)
         return shift_time(self.t0 + (self.t1 - self.t0) * u, self.shift)
 
 
@@ -88,7 +90,7 @@ def drop_labels(y: torch.Tensor, p: float, null_label: int, generator=None) -> t
     """Replace each label by the null label with probability p (trains the unconditional branch)."""
     if p <= 0:
         return y
-    drop = torch.rand(y.shape, generator=generator, device=y.device) < p
+    drop = rng.rand(y.shape, generator, y.device) < p
     return torch.where(drop, torch.full_like(y, null_label), y)
 
 
@@ -96,7 +98,7 @@ def flow_matching_loss(net, x, y, time_sampler: TimeSampler, label_dropout: floa
                        generator=None) -> torch.Tensor:
     """Mean squared error between net(z_t, t, y) and the velocity x - eps."""
     t = time_sampler(x.shape[0], generator=generator, device=x.device)
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    eps = rng.randn(x.shape, generator, x.device, x.dtype)
     z_t = interpolate(x, eps, t)
     y = drop_labels(y, label_dropout, net.num_classes, generator=generator)
     return (net(z_t, t, y) - velocity_target(x, eps)).pow(2).mean()

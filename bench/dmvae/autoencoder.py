@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench import distributed as D
+from bench.core import noise as rng
 from bench.features.kl_vae import ResBlock, _norm
 
 LPIPS_STATUS = ("unavailable: no weights (LPIPS needs torchvision's VGG16 weights, not available offline; "
@@ -148,12 +150,12 @@ class PatchDiscriminator(nn.Module):
 def augment(x: torch.Tensor, max_shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Differentiable per-sample random horizontal flip and integer translation (zero fill)."""
     b, _, r, _ = x.shape
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = rng.rand((b,), generator) < 0.5
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
     s = int(max_shift * r)
     if s == 0:
         return x
-    shift = torch.randint(-s, s + 1, (b, 2), generator=generator).to(x)  # pixels (dx, dy)
+    shift = rng.randint(-s, s + 1, (b, 2), generator).to(x)  # pixels (dx, dy)
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, :, 2] = 2 * shift / r  # grid units: the side is 2 wide; integer shifts sample exactly
@@ -181,14 +183,14 @@ class ReconstructionLoss(nn.Module):
     def gan_active(self, step: int) -> bool:
         return self.disc is not None and step >= self.cfg.gan_start
 
-    def generator_loss(self, x, rec, last_layer, step: int) -> tuple[torch.Tensor, dict]:
-        """L_rec for the encoder/decoder, and its parts as floats."""
+    def generator_loss(self, x, rec, last_layer, step: int, generator=None) -> tuple[torch.Tensor, dict]:
+        """L_rec for the encoder/decoder, and its parts as floats (generator: the augmentation's noise)."""
         l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
         loss = l1 + self.cfg.l2_weight * l2
         logs = {"l1": l1.item(), "l2": l2.item()}
         if self.gan_active(step):
             self.disc.requires_grad_(False)  # D is a fixed critic for this loss
-            gan = -self.disc(augment(rec, self.cfg.augment_shift)).mean()
+            gan = -self.disc(augment(rec, self.cfg.augment_shift, generator)).mean()
             self.disc.requires_grad_(True)
             w = self.adaptive_weight(loss, gan, last_layer)
             loss = loss + w * gan
@@ -199,12 +201,14 @@ class ReconstructionLoss(nn.Module):
         """0.5 * ||d rec / d W_last|| / ||d gan / d W_last|| (a constant: no grad through it)."""
         g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
         g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+        # under data parallelism: the norms of the GLOBAL batch's gradients, as with one process
+        g_rec, g_gan = D.all_reduce_mean(g_rec), D.all_reduce_mean(g_gan)
         w = g_rec.norm() / (g_gan.norm() + 1e-4)
         return self.cfg.gan_weight * w.clamp(0.0, 1e4).detach()
 
-    def discriminator_loss(self, x, rec) -> torch.Tensor:
+    def discriminator_loss(self, x, rec, generator=None) -> torch.Tensor:
         """Hinge loss of D on augmented real vs (detached) reconstructed images."""
         s = self.cfg.augment_shift
-        real = self.disc(augment(x, s))
-        fake = self.disc(augment(rec.detach(), s))
+        real = self.disc(augment(x, s, generator))
+        fake = self.disc(augment(rec.detach(), s, generator))
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()

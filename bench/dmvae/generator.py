@@ -26,7 +26,7 @@ from bench import distributed as D
 from bench.core.ema import ema_update, make_ema
 from bench.core.flow import TimeSampler, flow_matching_loss, sample_ode
 from bench.dmvae.latent_norm import LatentNorm
-from bench.dmvae.loop import Resumable, average_gradients, seed_noise, shard_batch
+from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise
 from bench.dmvae.teacher import build_score_net
 from bench.features.local_dino import cosine_lr, log_progress
 
@@ -94,14 +94,14 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
     ema = make_ema(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     times, keep = TimeSampler(), set(checkpoint_steps(cfg))
-    seed_noise(cfg.seed)
+    noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
-    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g)
+    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
     checkpoints, rows, window = extra.get("checkpoints", []), extra.get("rows", []), extra.get("window", [])
     t0 = time.time()
     for step in range(first, cfg.steps):
         idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
-        loss = flow_matching_loss(net, latents[idx].to(device), labels[idx].to(device), times, cfg.label_dropout)
+        loss = flow_matching_loss(net, latents[idx].to(device), labels[idx].to(device), times, cfg.label_dropout, noise)
         if not torch.isfinite(loss):
             raise RuntimeError(f"generator stage: non-finite flow-matching loss ({loss.item()}) at step {step}; "
                                f"lower the learning rate or check the latents for NaN/inf.")
@@ -124,7 +124,7 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
             window = []
         log_progress("generator", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
         resume.maybe_save(done, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g,
-                          {"checkpoints": checkpoints, "rows": rows, "window": window})
+                          {"checkpoints": checkpoints, "rows": rows, "window": window}, noise)
     seconds = time.time() - t0
     history = {"losses": rows, "seconds": seconds, "img_per_s": (cfg.steps - first) * cfg.batch / max(seconds, 1e-9),
                "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(latents), "resumed_from": first}

@@ -1,16 +1,18 @@
 """What every training loop of this package shares: resumable state, data-parallel batches and gradients.
 
-Resume: `Resumable(path, every)` saves the loop's whole state (modules, optimisers, step, RNG
-states, the history so far) with bench/checkpoint.py every `every` steps (rank 0 writes), and a
-loop started on the same path continues from the last save, drawing the same batches and noise
-it would have drawn: a killed single-process run resumes to the same weights as an uninterrupted
-one (with several ranks the batches are the same, the per-rank noise is re-seeded).
+Resume: `Resumable(path, every)` saves the loop's whole state (modules, optimisers, step, the
+batch generator and the noise generator, the history so far) with bench/checkpoint.py every
+`every` steps (rank 0 writes), and a loop started on the same path continues from the last save,
+drawing the same batches and noise it would have drawn: a killed run resumes to the same weights
+as an uninterrupted one, with any world size.
 
 Data parallel without a DDP wrapper (the adaptive GAN weight calls autograd.grad, which DDP's
 reducer does not allow mid-step): every rank draws the same global batch from the shared
-generator and keeps its strided shard (`shard_batch`), then gradients are averaged over ranks
-after backward (`average_gradients`). The global batch and the data order are thus the same for
-any world size. In a single process both are no-ops.
+generator and keeps its strided shard (`shard_batch`); the step's noise (t, eps, label dropout,
+augmentation) comes from `step_noise`, drawn for the global batch and sharded the same way
+(bench/core/noise.py); gradients are averaged over ranks after backward (`average_gradients`).
+With equal shards the mean of the ranks' mean losses is the global mean, so training does not
+depend on the world size (up to float summation order). In a single process all are no-ops.
 """
 from __future__ import annotations
 
@@ -21,17 +23,21 @@ import torch.distributed as dist
 
 from bench import distributed as D
 from bench.checkpoint import load_state, save_state
+from bench.core.noise import BatchNoise
 
 
 def shard_batch(rows: torch.Tensor) -> torch.Tensor:
     """This rank's strided part of a global batch (indices, or drawn samples)."""
+    if len(rows) % D.world_size():
+        raise ValueError(f"a batch of {len(rows)} does not split evenly over {D.world_size()} processes; "
+                         f"choose batch sizes divisible by the number of processes (--set <stage>.batch=...), "
+                         f"so that training does not depend on the world size")
     return rows[D.rank()::D.world_size()]
 
 
-def seed_noise(seed: int) -> None:
-    """Seed the global RNG (t, eps, label dropout) differently per rank; call after building the
-    modules, whose initialisation must be the same on every rank."""
-    torch.manual_seed(seed * 1009 + 1 + D.rank())
+def step_noise(seed: int) -> BatchNoise:
+    """The training noise of a loop: the same on every rank, each keeping its shard of every draw."""
+    return BatchNoise(seed * 1009 + 1, D.rank(), D.world_size())
 
 
 def average_gradients(params) -> None:
@@ -50,7 +56,8 @@ class Resumable:
     def __init__(self, path: str | Path | None, every: int):
         self.path, self.every = (Path(path) if path else None), every
 
-    def load(self, modules: dict, optimizers: dict, generator: torch.Generator) -> tuple[int, dict]:
+    def load(self, modules: dict, optimizers: dict, generator: torch.Generator,
+             noise: BatchNoise | None = None) -> tuple[int, dict]:
         """Restore from the last save: (the step to start at, the saved extra state); (0, {}) when none."""
         state = load_state(self.path) if self.path else None
         if state is None:
@@ -60,22 +67,17 @@ class Resumable:
         for k, o in optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        if D.world_size() > 1:  # only rank 0's noise state was saved: fresh per-rank noise from here
-            torch.manual_seed(int(state["step"]) * 1009 + 1 + D.rank())
+        if noise is not None:
+            noise.set_state(state["rng"]["noise"])
         return int(state["step"]), state["extra"]
 
     def maybe_save(self, done: int, total: int, modules: dict, optimizers: dict, generator: torch.Generator,
-                   extra: dict) -> None:
+                   extra: dict, noise: BatchNoise | None = None) -> None:
         """Save after `done` steps when it is a multiple of `every` (and not the last step)."""
         if self.path is None or self.every <= 0 or done % self.every or done == total:
             return
         if D.rank() == 0:
-            rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state()
+            rng = {"generator": generator.get_state(), **({"noise": noise.get_state()} if noise else {})}
             save_state(self.path, {"step": done, "modules": {k: m.state_dict() for k, m in modules.items()},
                                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                                    "rng": rng, "extra": extra})

@@ -48,7 +48,7 @@ from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.dmvae.autoencoder import (TOKENIZER_PRESETS, Decoder, Encoder, ReconstructionLoss,
                                      TokenizerConfig, build_tokenizer)
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
-from bench.dmvae.loop import Resumable, average_gradients, seed_noise, shard_batch
+from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise
 from bench.features.local_dino import cosine_lr, log_progress
 from bench.metrics.distribution import dm_score
 
@@ -240,9 +240,9 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + 1))
         score_x = images[pick[:cfg.score_n]]  # a fixed random subset: splits may be sorted by class
 
-    seed_noise(cfg.seed)
+    noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
-    first, extra = resume.load(modules, optimizers, g)
+    first, extra = resume.load(modules, optimizers, g, noise)
     if dm and cfg.score_n:  # the score of the encoder the stage STARTED from, also after a resume
         before = extra.get("before") or dm_score(ref, norm.apply(encode(enc, score_x)), seed=cfg.seed)
     window, rows = defaultdict(list, extra.get("window", {})), extra.get("rows", [])
@@ -255,12 +255,12 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
         # ---- 1. encoder + decoder: L_rec (+ lambda_DM * loss_DM every k-th step, or + KL)
         if enc.variational:
             mean, logvar = enc.posterior(x)
-            z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+            z = mean + (0.5 * logvar).exp() * noise.randn(mean.shape, mean.device, mean.dtype)
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
         else:
             z = enc(x)  # (B, C, h, w)
         rec = dec(z)
-        loss, logs = recon.generator_loss(x, rec, dec.last_layer, step)
+        loss, logs = recon.generator_loss(x, rec, dec.last_layer, step, noise)
         logs["rec"] = loss.item()
         _finite(loss, "reconstruction loss", step, stage)
         if enc.variational:
@@ -269,7 +269,7 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
         if dm:
             z_n = norm.apply(z)
             if step % cfg.dm_every == 0:
-                loss_dm = dm_loss(s_real, s_fake, z_n, y, times, cfg.dm_cfg, generator=None)
+                loss_dm = dm_loss(s_real, s_fake, z_n, y, times, cfg.dm_cfg, generator=noise)
                 _finite(loss_dm, "DM loss", step, stage)
                 loss = loss + cfg.dm_weight * loss_dm
                 logs["dm"] = loss_dm.item()
@@ -286,7 +286,7 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
 
         # ---- 2. discriminator (hinge, on augmented images)
         if recon.gan_active(step):
-            loss_d = recon.discriminator_loss(x, rec)
+            loss_d = recon.discriminator_loss(x, rec, noise)
             _finite(loss_d, "discriminator loss", step, stage)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -296,7 +296,7 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
 
         # ---- 3. S_fake: flow matching on the current latents sg(z_n), every step
         if dm:
-            loss_f = flow_matching_loss(s_fake, z_n.detach(), y, fm_times, cfg.label_dropout)
+            loss_f = flow_matching_loss(s_fake, z_n.detach(), y, fm_times, cfg.label_dropout, noise)
             _finite(loss_f, "S_fake flow-matching loss", step, stage)
             opt_f.zero_grad(set_to_none=True)
             loss_f.backward()
@@ -314,7 +314,8 @@ def _train_tokenizer(images, labels, start: Start, cfg: DMVAEConfig, stage: str,
             window.clear()
         log_progress(stage, step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
         resume.maybe_save(step + 1, cfg.steps, modules, optimizers, g,
-                          {"rows": rows, "window": dict(window), **({"before": before} if dm and cfg.score_n else {})})
+                          {"rows": rows, "window": dict(window), **({"before": before} if dm and cfg.score_n else {})},
+                          noise)
 
     seconds = time.time() - t0
     ema_enc.eval(), ema_dec.eval()

@@ -23,7 +23,7 @@ from bench.core.dit import DIT_SIZES, DiT
 from bench.core.ema import ema_update, make_ema
 from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
-from bench.dmvae.loop import Resumable, average_gradients, seed_noise, shard_batch
+from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise
 from bench.errors import unknown
 from bench.features.local_dino import cosine_lr, log_progress
 
@@ -88,13 +88,13 @@ def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoi
     ema = make_ema(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     times = TimeSampler()
-    seed_noise(cfg.seed)
+    noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
-    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g)
+    first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
     losses, t0 = extra.get("losses", []), time.time()
     for step in range(first, cfg.steps):
         z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
-        loss = flow_matching_loss(net, norm.apply(z).to(device), y.to(device), times, cfg.label_dropout)
+        loss = flow_matching_loss(net, norm.apply(z).to(device), y.to(device), times, cfg.label_dropout, noise)
         if not torch.isfinite(loss):
             raise RuntimeError(f"teacher (S_real) stage: non-finite flow-matching loss ({loss.item()}) "
                                f"at step {step}; lower the learning rate or check the prior's samples.")
@@ -108,7 +108,7 @@ def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoi
         ema_update(ema, net, cfg.ema_decay)
         losses.append(loss.item())
         log_progress("teacher", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
-        resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses})
+        resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses}, noise)
     seconds = time.time() - t0
     if stats is not None:
         tail = losses[-max(1, len(losses) // 10):]  # the last 10% of steps

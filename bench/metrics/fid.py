@@ -10,6 +10,7 @@ torch-fidelity's extractor; the network runs in fp32, everything after it in flo
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import scipy.linalg
@@ -71,6 +72,31 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if not np.isfinite(covmean).all():
         raise ValueError("Frechet distance: sqrtm is not finite even with an offset")
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def frechet_distance_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """The Frechet distance of two feature sets (N, D), exact for N <= D, without a D x D sqrtm.
+
+    With centred features A (n1, D), B (n2, D) and S1 = A'A / (n1 - 1), S2 = B'B / (n2 - 1), the
+    non-zero eigenvalues of S1 S2 are the squared singular values of A B' / sqrt((n1 - 1)(n2 - 1)),
+    so Tr (S1 S2)^(1/2) is that matrix's nuclear norm: an n1 x n2 SVD instead of a 2048 x 2048
+    sqrtm (which takes ~10 s on one core and is ill-conditioned when N < D). float64 throughout.
+    """
+    a, b = (torch.as_tensor(f).double() for f in (f1, f2))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    a, b = a - mu1, b - mu2
+    c1, c2 = len(a) - 1, len(b) - 1
+    cross = torch.linalg.svdvals(a @ b.T).sum() / math.sqrt(c1 * c2)
+    return float((mu1 - mu2).pow(2).sum() + a.pow(2).sum() / c1 + b.pow(2).sum() / c2 - 2 * cross)
+
+
+def fid_against_reference(feats: torch.Tensor, ref: dict) -> float:
+    """FID of features against reference() statistics: the feature form when either set has at
+    most D samples (exact there), else the usual statistics form."""
+    if min(len(feats), len(ref["features"])) <= feats.shape[1]:
+        return frechet_distance_features(feats, ref["features"])
+    mu, sigma = stats(feats)
+    return frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
 
 
 def kid(feats1, feats2, subsets: int = KID_DEFAULTS["subsets"], subset_size: int = KID_DEFAULTS["subset_size"],
