@@ -214,22 +214,23 @@ def table2(ablations: dict[str, dict]) -> list[Table]:
         rep = paper.TABLE2.get(key)
         t = Table(f"Table 2 style: ablation of {key}" + (f" ({rep['title']})" if rep else ""),
                   ["source", "setting", "prior", "PSNR", f"rFID-{_k(ref_n)}", f"gFID-{_k(gfid_n)} (mean ± std)",
-                   "status"])
+                   "DM score SW2 before → after", "status"])
         cols = {3: {}, 4: {}, 5: {}}
         for value, res in runs:
             for name, r in res["priors"].items():
                 if r.get("status") != "ok":
-                    t.add(["this run", f"{key}={value}", name, "—", "—", "—", status_cell(r)])
+                    t.add(["this run", f"{key}={value}", name, "—", "—", "—", "—", status_cell(r)])
                     continue
+                b, a = r["dm_score"].get("before"), r["dm_score"].get("after")
                 i = t.add(["this run", f"{key}={value}", name, fmt(r["psnr"]), fmt(r["rfid"]), mean_std(r["gfid"]),
-                           "ok"])
+                           f"{fmt(b['sliced_w2'], 4)} → {fmt(a['sliced_w2'], 4)}" if b and a else "—", "ok"])
                 cols[3][i], cols[4][i], cols[5][i] = r["psnr"], r["rfid"], r["gfid"]["mean"]
         for c, higher in ((3, True), (4, False), (5, False)):
             t.mark_best(c, cols[c], higher)
         if rep:
             for value, row in rep["rows"].items():
                 t.add(["reported", row["label"], "DINO (paper)", fmt(row["psnr"], 1), fmt(row["rfid"]),
-                       fmt(row["gfid"], 1), "—"], kind="reported")
+                       fmt(row["gfid"], 1), "—", "—"], kind="reported")
             if rep.get("note"):
                 t.notes.append(rep["note"])
             t.notes.append("Reported: the paper's Table 2 (DINO prior, ImageNet-256, gFID-5k). " + paper.CAVEAT)

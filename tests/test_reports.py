@@ -210,7 +210,8 @@ def test_ablation_folder_gives_table2_with_reported_rows(tmp_path):
     md = build_report(out)[0].read_text()
     assert "## Ablations (Table 2 style)" in md and "Table 2 style: ablation of dmvae.dm_weight" in md
     assert "| this run | dmvae.dm_weight=1 | dino |" in md and "**45.00 ± 1.50**" in md
-    assert "| reported | lambda 100 | DINO (paper) | 19.6 | 0.82 | 12.6 | — |" in md
+    assert "| reported | lambda 100 | DINO (paper) | 19.6 | 0.82 | 12.6 | — | — |" in md
+    assert "| this run | dmvae.dm_weight=10 | dino | 19.00 | 40.00 | **45.00 ± 1.50** | 0.5000 → 0.2000 | ok |" in md
 
 
 def test_toy_section_when_present(study):
