@@ -38,7 +38,8 @@ def _run_line(meta: dict) -> str:
     dev = meta.get("device", {})
     dev = dev.get("name") or dev.get("type") if isinstance(dev, dict) else dev
     wall = meta.get("wall_s")
-    return (f"Dataset {cfg.get('dataset')} at {cfg.get('resolution')} px, latents "
+    preset = f"Preset '{meta['preset']}'. " if meta.get("preset") else ""
+    return (f"{preset}Dataset {cfg.get('dataset')} at {cfg.get('resolution')} px, latents "
             f"{cfg.get('latent_channels')}x{cfg.get('latent_size')}x{cfg.get('latent_size')}, feature nets "
             f"'{cfg.get('features')}'. Config hash {meta.get('config_hash')}, commit {meta.get('git_commit')}, "
             f"device {dev}, world size {meta.get('world_size')}, run date {meta.get('date')}, wall time of the "
@@ -110,7 +111,7 @@ def provenance(study: Study) -> list[Block]:
     """Everything in the meta block, readable: run, evaluation, priors (the open design decisions)."""
     meta = study.meta
     out: list[Block] = [Heading(2, "Provenance")]
-    run = {k: meta.get(k) for k in ("config_hash", "git_commit", "date", "python", "device", "world_size", "wall_s",
+    run = {k: meta.get(k) for k in ("preset", "command", "config_hash", "git_commit", "date", "python", "device", "world_size", "wall_s",
                                     "priors_requested", "seeds", "packages", "weights", "feature_source")}
     out.append(Pairs("Run", flatten(run)))
     out.append(Pairs("Evaluation settings", flatten(meta.get("evaluation", {}))))

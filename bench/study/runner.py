@@ -1,7 +1,7 @@
 """run_study(cfg, priors, out): every prior through pipeline.py, results.json written after every stage.
 
 results.json (SCHEMA_VERSION):
-  meta: config (resolved) + config_hash, git commit, package versions, device, world size, seeds,
+  meta: config (resolved) + config_hash, preset and command line, git commit, package versions, device, world size, seeds,
         weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
         every evaluation setting, stage keys, wall time
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
@@ -15,6 +15,7 @@ reason and the others go on; no number that was not measured is written.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -89,9 +90,9 @@ class Context:
             atomic_write_json(self.out / "results.json", self.results)
 
 
-def _meta(cfg: StudyConfig, priors: list[str], cache: Cache) -> dict:
+def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict) -> dict:
     env = environment()
-    return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg),
+    return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg), **command,
             "priors_requested": priors, "git_commit": env.pop("git_commit"), **env,
             "world_size": D.world_size(),
             "seeds": {"study": cfg.seed, "teacher": cfg.teacher.seed, "pretrain": cfg.pretrain.seed,
@@ -110,7 +111,8 @@ def _previous(out: Path, cfg_hash: str) -> dict:
 
 
 def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, ...] = (),
-              cache: Cache | None = None, log=print, store_root: Path | None = None) -> dict:
+              cache: Cache | None = None, log=print, store_root: Path | None = None,
+              preset: str | None = None) -> dict:
     """Run (or resume) the study; returns the results dict also written to <out>/results.json.
 
     Stage outputs go under <store_root or out>/stages (ablations share one store).
@@ -119,7 +121,8 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
     log = log if D.rank() == 0 else (lambda *a, **k: None)
     cache = cache or Cache()
     kept = {n: r for n, r in _previous(out, config_hash(cfg)).items() if n not in priors}
-    results = {"meta": _meta(cfg, priors, cache), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
+    command = {"preset": preset, "command": " ".join(["run_all.py", *sys.argv[1:]])}
+    results = {"meta": _meta(cfg, priors, cache, command), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
     ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
     ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
     for name in priors:
