@@ -187,15 +187,23 @@ def structure_table(results: dict) -> Table:
 def timing_table(results: dict) -> Table:
     stages = ["prior", "teacher", "start", "dmvae", "generator", "evaluate"]
     t = Table("Wall time per stage (seconds, when computed) and training throughput",
-              ["prior", "prior build", *stages[1:], "total", "img/s (teacher / start / dmvae / generator)"])
+              ["prior", "prior build", *stages[1:], "total" if "timings" in results["meta"] else "total (not additive)",
+               "img/s (teacher / start / dmvae / generator)"])
     for name, r in results["priors"].items():
         tim = r.get("timings") or {}
         thr = r.get("throughput_img_per_s") or {}
-        t.add([name, *[fmt(tim.get(s), 1) for s in stages], fmt(sum(tim.values()), 1) if tim else "—",
+        total = sum(tim.values()) if "timings" in results["meta"] else None
+        t.add([name, *[fmt(tim.get(s), 1) for s in stages], fmt(total, 1) if tim else "—",
                " / ".join(fmt(thr.get(s), 0) for s in ("teacher", "start", "dmvae", "generator"))])
     t.notes.append("The shared encoder start is computed once (by the first prior that needs it); later "
                    "priors show its recorded time. Stages loaded from an earlier run keep the time they took "
                    "when computed.")
+    if "timings" not in results["meta"]:
+        t.notes.append("These results come from a version that recorded INCLUSIVE stage times: a stage's time "
+                       "includes the upstream stages it computed on first use (on a cold run: teacher includes "
+                       "the prior build, dmvae the teacher and the encoder start, evaluate the dmvae and "
+                       "generator stages), so the columns must not be added up; the img/s column is the "
+                       "training loops' own throughput.")
     return t
 
 

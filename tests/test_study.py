@@ -73,6 +73,11 @@ def test_results_follow_the_contract(study):
         assert recon.shape[:2] == (2 * 33 - 1, 10 * 33 - 1) and samples.shape[:2] == (32, 10 * 33 - 1)  # gfid_n = 10: one row
         assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
     _no_nan(out / "results.json")
+    # stage times are each stage's own (lazy stages compute upstream ones inside): they add up to
+    # no more than the run's wall time (inclusive times would count the training stages twice)
+    shared_start = res["priors"]["gaussian"]["timings"]["start"]
+    own = sum(sum(r["timings"].values()) for r in res["priors"].values()) - shared_start  # start: once
+    assert own <= meta["wall_s"] + 1e-6 and meta["timings"].startswith("own seconds")
     # the run ends with its report, rendered from results.json (tests/test_reports.py tests the renderer)
     md = (out / "report.md").read_text()
     assert "## Reference priors (Table 1 style)" in md and "| vae | VAE-baseline | ok |" in md

@@ -61,23 +61,32 @@ class PriorRun:
         k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
                                   EVALUATE_VERSION)
         self.keys = k
+        self._nested = 0.0  # seconds spent in stages computed or loaded inside the current one
 
     # ---------------------------------------------------------------------------------- helpers
     def _stage(self, stage: str, compute, owner: str | None = None, collective: bool = True):
         """Load a finished stage or compute it: compute(resume_path) -> (state, record).
 
         Training stages are collective (every rank trains, rank 0 writes); collective=False is
-        for work rank 0 does alone (evaluation).
+        for work rank 0 does alone (evaluation). Stages are lazy, so computing one may compute
+        or load the stages it reads: its recorded `seconds` is its OWN time (the time of the
+        stages it computed or loaded inside subtracted); `seconds_inclusive` keeps the total.
         """
         owner = owner or self.name
         store, key = self.ctx.store, self.keys[stage]
+        t0 = time.time()
         hit = store.load(owner, stage, key)
         if hit is not None:
+            self._nested += time.time() - t0  # loading a finished stage is not the caller's own work either
             self.ctx.on_stage(self.name, stage, hit[1].get("seconds"), cached=True)
             return hit
-        t0 = time.time()
-        state, record = compute(store.resume_path(owner, stage, key, collective))
-        record = {**record, "seconds": time.time() - t0}
+        outer, self._nested = self._nested, 0.0
+        try:
+            state, record = compute(store.resume_path(owner, stage, key, collective))
+            total = time.time() - t0
+            record = {**record, "seconds": total - self._nested, "seconds_inclusive": total}
+        finally:
+            self._nested = outer + (time.time() - t0)
         E.finite_or_raise(record, f"{stage} record")
         store.save(owner, stage, key, state, record, collective)
         self.ctx.on_stage(self.name, stage, record["seconds"], cached=False)

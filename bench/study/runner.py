@@ -6,7 +6,7 @@ results.json (SCHEMA_VERSION):
         every evaluation setting, stage keys, wall time
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
         {mean, std, seeds, n}, gfid_n, kid, precision_recall, convergence [{epoch, gfid}],
-        structure {reference, dmvae}, dm_score {before, after}, timings {stage: seconds},
+        structure {reference, dmvae}, dm_score {before, after}, timings {stage: own seconds when computed},
         throughput_img_per_s {stage: img/s}, models {generator: {size, params, epochs}, ...}, cached
         [stages loaded, not computed, in this run], figure_data {tsne, recon_grid, sample_grid} (files)
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
@@ -93,6 +93,7 @@ class Context:
 def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict) -> dict:
     env = environment()
     return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg), **command,
+            "timings": "own seconds per stage, without the upstream stages computed inside it",
             "priors_requested": priors, "git_commit": env.pop("git_commit"), **env,
             "world_size": D.world_size(),
             "seeds": {"study": cfg.seed, "teacher": cfg.teacher.seed, "pretrain": cfg.pretrain.seed,
