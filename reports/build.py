@@ -79,7 +79,7 @@ def document(study: Study) -> list[Block]:
         b += [Heading(2, "Reference priors (Table 1 style)"), tables.table1(res), Para(tables.rank_agreement(res))]
         if len(tables.ok_priors(res)) >= 2:
             b.append(tables.gfid_resolution(res))
-        failed = {n: r for n, r in res["priors"].items() if r.get("status") != "ok"}
+        failed = {n: r for n, r in tables.priors_in_order(res).items() if r.get("status") != "ok"}
         for name, r in failed.items():
             b.append(Note(f"Prior '{name}' is {r.get('status')}: {r.get('reason', 'no reason recorded')}. Its "
                           f"row has no numbers, because none were measured."))
@@ -118,7 +118,7 @@ def provenance(study: Study) -> list[Block]:
     runs = [("", study.results)] if study.results else []
     runs += [(f" ({tag})", r) for tag, r in study.ablations.items()]
     for suffix, res in runs[:1] if study.results else runs:
-        for name, r in res["priors"].items():
+        for name, r in tables.priors_in_order(res).items():
             rows = flatten({"encoder_start": r.get("encoder_start"), "loss_terms": r.get("loss_terms"),
                             "regulariser": r.get("regulariser"), "models": r.get("models"),
                             "prior": res["meta"].get("provenance", {}).get(name)})

@@ -101,9 +101,23 @@ def image_grids(study: Study) -> tuple[list[Figure], list[str]]:
             path = figure_file(study, files.get(key))
             if path is None:
                 notes.append(f"The {key.replace('_', ' ')} of '{name}' is left out: its PNG is missing.")
-            else:
-                figs.append(Figure(path, f"{name}: {caption}"))
+                continue
+            try:
+                figs.append(Figure(_upscaled(path, study.out / "figures" / path.name), f"{name}: {caption}"))
+            except (OSError, ValueError, SyntaxError) as e:  # a damaged PNG: say so, keep the report
+                notes.append(f"The {key.replace('_', ' ')} of '{name}' is left out: {path.name} is unreadable ({e}).")
     return figs, notes
+
+
+def _upscaled(src: Path, dst: Path, factor: int = 3) -> Path:
+    """A nearest-neighbour enlargement of a small image grid (32 px images are hard to see at 1x)."""
+    img = plt.imread(src)
+    big = img.repeat(factor, axis=0).repeat(factor, axis=1)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp.png")
+    plt.imsave(tmp, big, cmap="gray" if big.ndim == 2 else None)
+    tmp.replace(dst)
+    return dst
 
 
 def toy2d(study: Study) -> Figure | str | None:

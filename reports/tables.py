@@ -56,8 +56,14 @@ def mean_std(d: dict | None, digits: int = 2) -> str:
     return "—" if not d else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
+def priors_in_order(results: dict) -> dict[str, dict]:
+    """The priors in the order the run was asked for (results.json stores keys sorted)."""
+    asked = [n for n in results["meta"].get("priors_requested", []) if n in results["priors"]]
+    return {n: results["priors"][n] for n in [*asked, *sorted(set(results["priors"]) - set(asked))]}
+
+
 def ok_priors(results: dict) -> dict[str, dict]:
-    return {n: r for n, r in results["priors"].items() if r.get("status") == "ok"}
+    return {n: r for n, r in priors_in_order(results).items() if r.get("status") == "ok"}
 
 
 def paper_row(results: dict, name: str) -> str | None:
@@ -85,7 +91,7 @@ def table1(results: dict) -> Table:
                f"gFID-{_k(gfid_n)} (mean ± std, {seeds} seeds)", "KID (mean)", "kNN acc.", "lin. probe",
                "silhouette", "rFID (reported)", "PSNR (reported)", "gFID-5k (reported)"])
     vals: dict[int, dict[int, float]] = {c: {} for c in range(len(t.columns))}
-    for name, r in results["priors"].items():
+    for name, r in priors_in_order(results).items():
         row = paper_row(results, name)
         rep = paper.TABLE1.get(row, {})
         if r.get("status") != "ok":
@@ -189,7 +195,7 @@ def timing_table(results: dict) -> Table:
     t = Table("Wall time per stage (seconds, when computed) and training throughput",
               ["prior", "prior build", *stages[1:], "total" if "timings" in results["meta"] else "total (not additive)",
                "img/s (teacher / start / dmvae / generator)"])
-    for name, r in results["priors"].items():
+    for name, r in priors_in_order(results).items():
         tim = r.get("timings") or {}
         thr = r.get("throughput_img_per_s") or {}
         total = sum(tim.values()) if "timings" in results["meta"] else None
@@ -225,7 +231,7 @@ def table2(ablations: dict[str, dict]) -> list[Table]:
                    "DM score SW2 before → after", "status"])
         cols = {3: {}, 4: {}, 5: {}}
         for value, res in runs:
-            for name, r in res["priors"].items():
+            for name, r in priors_in_order(res).items():
                 if r.get("status") != "ok":
                     t.add(["this run", f"{key}={value}", name, "—", "—", "—", "—", status_cell(r)])
                     continue

@@ -139,7 +139,8 @@ def test_report_has_every_section_and_figure(study):
                     "System level (Table 3 style)", "Reconstructions and samples", "Provenance"):
         assert f"## {heading}" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert "figures/convergence.png" in links and "figures/tsne.png" in links
+    assert "figures/convergence.png" in links and "figures/tsne.png" in links and "figures/recon_dino.png" in links
+    assert plt.imread(study / "figures" / "recon_dino.png").shape[:2] == (3 * 65, 3 * 329)  # enlarged 3x
     assert len(links) == 2 + 2 * len(PRIORS)
     for rel in links:  # relative files, as GitHub shows them next to report.md
         assert not rel.startswith(("/", "http")) and (study / rel).is_file(), rel
@@ -178,8 +179,10 @@ def test_failed_prior_has_no_numbers(study):
 def test_missing_figure_data_is_left_out_with_a_note(study):
     (study / "figure_data" / "tsne_dino.json").unlink()
     (study / "figure_data" / "samples_vae.png").unlink()
+    (study / "figure_data" / "recon_gaussian.png").write_bytes(b"not a png")
     md = build_report(study)[0].read_text()
     assert "t-SNE panel of 'dino' left out" in md and "sample grid of 'vae' is left out" in md
+    assert "recon grid of 'gaussian' is left out: recon_gaussian.png is unreadable" in md
     assert "figures/tsne.png" in md  # the other panels are still drawn
 
 
