@@ -48,7 +48,7 @@ def _run_line(meta: dict) -> str:
 
 def _toy_table(toy: dict) -> Table:
     rows = {"teacher (ODE samples of S_real)": toy.get("teacher") or {}, **toy.get("objectives", {})}
-    keys = [k for k in ("sliced_w2", "energy", "coverage", "outside")
+    keys = [k for k in ("sliced_w2", "energy_distance", "coverage", "outside_share")
             if any(isinstance(r.get(k), (int, float)) for r in rows.values())]
     t = Table("2D toy: each objective scored against fresh target samples",
               ["objective", "status", *keys, "wall s", "CPU s"])

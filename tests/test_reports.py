@@ -223,9 +223,10 @@ def test_toy_section_when_present(study):
     plt.imsave(toy / "toy2d.png", np.zeros((20, 20)), cmap="gray")
     (toy / "toy2d.json").write_text(json.dumps({"config": {"target": "s_curve"}, "config_hash": "t1", "figure": "toy2d.png",
                                                 "teacher": {"sliced_w2": 0.035}, "timings_s": {"dm": 80.0},
-                                                "objectives": {"dm": {"status": "ok", "sliced_w2": 0.0154}}}))
+                                                "objectives": {"dm": {"status": "ok", "sliced_w2": 0.0154,
+                                                                      "outside_share": 0.031}}}))
     md = build_report(study)[0].read_text()
-    assert "## 2D toy (paper Fig. 3)" in md and "| dm | ok | 0.0154 | 80.0 |" in md and "(toy2d/toy2d.png)" in md
+    assert "## 2D toy (paper Fig. 3)" in md and "| dm | ok | 0.0154 | 0.0310 | 80.0 |" in md and "(toy2d/toy2d.png)" in md
 
 
 def test_report_code_does_not_import_torch(study):
