@@ -111,6 +111,14 @@ def _study(argv) -> int:
     from bench.study.runner import run_study, summary
 
     D.init()
+    for tag, cfg in cfgs:  # training must not depend on the world size: equal shards of every batch
+        uneven = {f"{st}.batch": b for st in ("teacher", "pretrain", "dmvae", "generator")
+                  if (b := getattr(cfg, st).batch) % D.world_size()}
+        if uneven:
+            raise UserError(f"With {D.world_size()} processes every training batch must split evenly, but "
+                            f"{', '.join(f'{k}={v}' for k, v in uneven.items())} does not"
+                            f"{f' (ablation {tag})' if tag else ''}. Choose a process count that divides the "
+                            f"batches, or set them with --set, e.g. --set dmvae.batch=32.")
     out = _writable(Path(args.out))
     cache = Cache(args.cache_dir)
     failed = 0

@@ -191,6 +191,14 @@ def test_bad_input_is_one_clear_paragraph(argv, needle, capsys):
     assert needle in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_batches_that_do_not_split_over_the_processes_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bench.distributed.world_size", lambda: 3)  # as under torchrun --nproc_per_node=3
+    assert main(["--preset", "smoke", "--priors", "gaussian", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "With 3 processes every training batch must split evenly" in err and "teacher.batch=16" in err
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_second_run_on_a_locked_folder_refuses(tmp_path, capsys):
     with RunLock(tmp_path):
         assert main(["--preset", "smoke", "--priors", "gaussian", "--out", str(tmp_path)]) == 2
