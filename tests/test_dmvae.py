@@ -268,7 +268,7 @@ def _train_every_stage() -> list[float]:
                                                 dataclasses.replace(cfg, steps=2))
     gen, _, _ = train_generator(torch.randn(32, *LATENT, generator=torch.Generator().manual_seed(5)),
                                 data.train.labels, data.num_classes, dataclasses.replace(GENERATOR_PRESETS["smoke"], steps=3))
-    return [float(sum(p.double().sum() for p in m.parameters())) for m in (s_real, enc, dec, s_fake, vae_enc, gen)]
+    return [float(sum(p.detach().double().sum() for p in m.parameters())) for m in (s_real, enc, dec, s_fake, vae_enc, gen)]
 
 
 def _ddp_worker(rank, port, out):
