@@ -23,12 +23,12 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
-from bench.core.ema import ema_update, make_ema
-from bench.core.flow import TimeSampler, flow_matching_loss, sample_ode
+from bench.core.ema import make_ema
+from bench.core.flow import TimeSampler, sample_ode
 from bench.dmvae.latent_norm import LatentNorm
-from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise
+from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
 from bench.dmvae.teacher import build_score_net
-from bench.features.local_dino import cosine_lr, log_progress
+from bench.features.local_dino import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
 EIGHTHS = tuple(i / 8 for i in range(1, 9))
@@ -101,19 +101,9 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
     t0 = time.time()
     for step in range(first, cfg.steps):
         idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
-        loss = flow_matching_loss(net, latents[idx].to(device), labels[idx].to(device), times, cfg.label_dropout, noise)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"generator stage: non-finite flow-matching loss ({loss.item()}) at step {step}; "
-                               f"lower the learning rate or check the latents for NaN/inf.")
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(net.parameters())
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, net, cfg.ema_decay)
-        window.append(loss.item())
+        loss = flow_matching_step(net, ema, opt, latents[idx].to(device), labels[idx].to(device), times, cfg, step,
+                                  noise, "generator stage")
+        window.append(loss)
         done = step + 1
         if done in keep:
             checkpoints.append({"fraction": done / cfg.steps, "step": done,
@@ -122,7 +112,7 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
         if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
             rows.append({"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)})
             window = []
-        log_progress("generator", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+        log_progress("generator", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
         resume.maybe_save(done, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g,
                           {"checkpoints": checkpoints, "rows": rows, "window": window}, noise)
     seconds = time.time() - t0

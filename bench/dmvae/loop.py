@@ -21,9 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from torch import nn
+
 from bench import distributed as D
 from bench.checkpoint import load_state, save_state
+from bench.core.ema import ema_update
+from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.core.noise import BatchNoise
+from bench.features.local_dino import cosine_lr
 
 
 def shard_batch(rows: torch.Tensor) -> torch.Tensor:
@@ -48,6 +53,26 @@ def average_gradients(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad /= D.world_size()
+
+
+def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, times: TimeSampler,
+                       cfg, step: int, noise: BatchNoise, where: str) -> float:
+    """One data-parallel flow-matching update of `net` and its EMA (the teacher's and the
+    generator's step): cosine lr, averaged and clipped gradients. `cfg` needs steps, lr, warmup,
+    label_dropout, grad_clip and ema_decay. Returns the loss; a non-finite one raises."""
+    loss = flow_matching_loss(net, x, y, times, cfg.label_dropout, noise)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{where}: non-finite flow-matching loss ({loss.item()}) at step {step}; lower the "
+                           f"learning rate or check its inputs for NaN/inf.")
+    for grp in opt.param_groups:
+        grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(net.parameters())
+    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    opt.step()
+    ema_update(ema, net, cfg.ema_decay)
+    return loss.item()
 
 
 class Resumable:

@@ -20,12 +20,12 @@ import torch.nn as nn
 
 from bench import distributed as D
 from bench.core.dit import DIT_SIZES, DiT
-from bench.core.ema import ema_update, make_ema
-from bench.core.flow import TimeSampler, flow_matching_loss
+from bench.core.ema import make_ema
+from bench.core.flow import TimeSampler
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
-from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise
+from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
 from bench.errors import unknown
-from bench.features.local_dino import cosine_lr, log_progress
+from bench.features.local_dino import log_progress
 
 
 # Score-net sizes: bench/core/dit.py's table plus "P", a pico net for smoke runs and tests (about
@@ -94,20 +94,10 @@ def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoi
     losses, t0 = extra.get("losses", []), time.time()
     for step in range(first, cfg.steps):
         z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
-        loss = flow_matching_loss(net, norm.apply(z).to(device), y.to(device), times, cfg.label_dropout, noise)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"teacher (S_real) stage: non-finite flow-matching loss ({loss.item()}) "
-                               f"at step {step}; lower the learning rate or check the prior's samples.")
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(net.parameters())
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, net, cfg.ema_decay)
-        losses.append(loss.item())
-        log_progress("teacher", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+        loss = flow_matching_step(net, ema, opt, norm.apply(z).to(device), y.to(device), times, cfg, step, noise,
+                                  "teacher (S_real) stage")
+        losses.append(loss)
+        log_progress("teacher", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
         resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses}, noise)
     seconds = time.time() - t0
     if stats is not None:
