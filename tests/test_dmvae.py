@@ -179,6 +179,10 @@ def test_vae_baseline_runs_with_kl_and_its_own_norm(data):
     assert enc.variational and "vae baseline" in norm.measured_on
     assert hist["regulariser"]["kind"].startswith("KL") and "kl" in hist["losses"][-1]
     assert "dm_score" not in hist
+    # reproducible whatever ran before it in the process (it once started from the global RNG's state)
+    torch.rand(1000)
+    enc2, *_ = train_vae_baseline(data.train.images, data.train.labels, LATENT, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), enc2.state_dict().values()))
 
 
 # ------------------------------------------------------------------------------ generator

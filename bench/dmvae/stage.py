@@ -206,6 +206,7 @@ def train_vae_baseline(images: torch.Tensor, labels: torch.Tensor, latent_shape:
 
     Started from scratch (a KL-VAE's usual start); its LatentNorm is measured on its own latents.
     """
+    torch.manual_seed(cfg.seed)  # the initial weights must not depend on what ran before in this process
     enc, dec = build_tokenizer(tuple(images.shape[1:]), latent_shape, cfg.tokenizer, variational=True)
     start = Start(enc, dec, {"kind": "scratch (KL-VAE baseline)"})
     enc, dec, _, history = _train_tokenizer(images, labels, start, cfg, "VAE baseline", checkpoint=checkpoint,
