@@ -6,6 +6,7 @@ already PNGs (written by the runner and by `run_all.py toy2d`) and are shown as 
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.io import atomic_write_bytes, atomic_write_png  # noqa: E402
 
 from reports.results import Study, figure_file  # noqa: E402
 from reports.tables import ok_priors  # noqa: E402
@@ -28,11 +31,10 @@ class Figure:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -111,12 +113,9 @@ def image_grids(study: Study) -> tuple[list[Figure], list[str]]:
 
 def _upscaled(src: Path, dst: Path, factor: int = 3) -> Path:
     """A nearest-neighbour enlargement of a small image grid (32 px images are hard to see at 1x)."""
-    img = plt.imread(src)
+    img = plt.imread(src)  # floats in [0, 1]
     big = img.repeat(factor, axis=0).repeat(factor, axis=1)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp.png")
-    plt.imsave(tmp, big, cmap="gray" if big.ndim == 2 else None)
-    tmp.replace(dst)
+    atomic_write_png(dst, (big * 255).round().astype("uint8"))
     return dst
 
 

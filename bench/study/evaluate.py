@@ -57,10 +57,6 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
 
-def _fid(feats: torch.Tensor, ref: dict) -> float:
-    return fid.fid_against_reference(feats, ref)
-
-
 @torch.no_grad()
 def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalConfig, cache: Cache,
                    grid_pairs: int = 20, columns: int = 10) -> tuple[dict, torch.Tensor]:
@@ -72,7 +68,8 @@ def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalC
     pairs = [t for lo in range(0, min(grid_pairs, len(images)), columns)
              for t in (images[lo:lo + columns], rec[lo:lo + columns])]
     grid = image_grid(torch.cat(pairs), columns)
-    return {"rfid": _fid(feats, ref), "psnr": psnr(rec, images), "ssim": ssim(rec, images), "n": len(images)}, grid
+    return {"rfid": fid.fid_against_reference(feats, ref), "psnr": psnr(rec, images), "ssim": ssim(rec, images),
+            "n": len(images)}, grid
 
 
 @torch.no_grad()
@@ -92,7 +89,7 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
         feats = fid.inception_features(images, cfg.batch, cache)
         if first_feats is None:
             first_feats, kept = feats, images[:keep]
-        row = {"seed": s, "gfid": _fid(feats, ref), **fid.kid(feats, ref["features"], seed=s),
+        row = {"seed": s, "gfid": fid.fid_against_reference(feats, ref), **fid.kid(feats, ref["features"], seed=s),
                **fid.precision_recall(ref["features"], feats)}
         per_seed.append(row)
         log(f"    gFID-{cfg.gfid_n} seed {s}: {row['gfid']:.2f} ({time.time() - t0:.0f} s)")
@@ -102,11 +99,11 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
         images, _ = generate(net.to(next(model.parameters()).device), cfg.convergence_n, num_classes,
                              cfg.seeds[0], **sample)
         convergence.append({"epoch": cp["epoch"], "step": cp["step"], "fraction": cp["fraction"],
-                            "gfid": _fid(fid.inception_features(images, cfg.batch, cache), ref)})
+                            "gfid": fid.fid_against_reference(fid.inception_features(images, cfg.batch, cache), ref)})
         log(f"    convergence epoch {cp['epoch']:.2f}: gFID-{cfg.convergence_n} {convergence[-1]['gfid']:.2f}")
     last = checkpoints[-1]
     convergence.append({"epoch": last["epoch"], "step": last["step"], "fraction": last["fraction"],
-                        "gfid": _fid(first_feats[:cfg.convergence_n], ref)})
+                        "gfid": fid.fid_against_reference(first_feats[:cfg.convergence_n], ref)})
     return {"gfid": {**_mean_std([r["gfid"] for r in per_seed]), "seeds": list(cfg.seeds), "n": cfg.gfid_n},
             "kid": {**_mean_std([r["kid_mean"] for r in per_seed]), "subset_size": per_seed[0]["subset_size"],
                     "subsets": per_seed[0]["subsets"]},
