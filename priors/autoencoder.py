@@ -30,6 +30,8 @@ VAE_VERSION = "1"  # bump when the KL-VAE or its latents change
 class KLVAEPrior(Prior):
     """Shared: train (or load) the KL-VAE and encode the train split."""
 
+    has_image_encoder = True  # the KL-VAE's encoder is the stage-1 reference encoder
+
     def __init__(self, settings, data=None):
         super().__init__(settings, data)
         if data is None:
@@ -101,6 +103,9 @@ class VAE(KLVAEPrior):
     def sample(self, n, generator=None):
         return self._draw(n, generator)
 
+    def reference_latents(self, images):
+        return self.encode_images(images)
+
     def checks(self, generator):
         psnr, floor = self._psnr_test()
         return super().checks(generator) + [
@@ -119,7 +124,14 @@ class Noise(KLVAEPrior):
     def _build(self, cache):
         super()._build(cache)
         self._provenance.update(noise_t=self.settings.noise_t,
-                                path="z_t = t * (z - mean) / std + (1 - t) * eps")
+                                path="z_t = t * (z - mean) / std + (1 - t) * eps",
+                                reference_encoder="t * (z - mean) / std: the noise-free part (the encoder start "
+                                                  "distils it; the DM term has to add the noise's spread)")
+
+    def reference_latents(self, images):
+        """The noise-free part t * (z - mean) / std of the KL-VAE latents: a deterministic encoder can only
+        reproduce that per image; the spread of the noise is left to the DM term (recorded in provenance)."""
+        return self.settings.noise_t * (self.encode_images(images) - self.mean) / self.std
 
     def sample(self, n, generator=None):
         z, y = self._draw(n, generator)

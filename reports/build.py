@@ -83,6 +83,7 @@ def document(study: Study) -> list[Block]:
         for name, r in failed.items():
             b.append(Note(f"Prior '{name}' is {r.get('status')}: {r.get('reason', 'no reason recorded')}. Its "
                           f"row has no numbers, because none were measured."))
+        b += [Heading(2, "Did q(z) reach p_r?"), tables.matching_table(res), tables.dm_curve_table(res)]
         b += [Heading(2, "Latent structure"), tables.structure_table(res)]
         tsne, notes = figures.tsne_panels(study)
         b += [Note(n) for n in notes] + ([tsne] if tsne else [])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 
-SCHEMA_VERSION = 1  # the results.json schema this renderer reads (bench/study/runner.py SCHEMA_VERSION)
+SCHEMA_VERSION = 2  # the results.json schema this renderer reads (bench/study/runner.py SCHEMA_VERSION)
 
 
 @dataclass

@@ -85,33 +85,70 @@ def _n(results: dict, key: str) -> int | None:
 def table1(results: dict) -> Table:
     """One row per prior: our reconstruction / generation / structure numbers beside the paper's."""
     ref_n, gfid_n = _n(results, "ref_n"), _n(results, "gfid_n")
-    seeds = len(results["meta"].get("config", {}).get("eval", {}).get("seeds", []))
+    tseeds = len(results["meta"].get("config", {}).get("training_seeds", [0]))
+    spread = f"{tseeds} training seeds" if tseeds > 1 else "sampling seeds, 1 training seed"
     t = Table(f"Table 1 style: reference priors (this run vs reported, {paper.SETTING})",
               ["prior", "paper row", "status", f"rFID-{_k(ref_n)}", "PSNR", "SSIM",
-               f"gFID-{_k(gfid_n)} (mean ± std, {seeds} seeds)", "KID (mean)", "kNN acc.", "lin. probe",
-               "silhouette", "rFID (reported)", "PSNR (reported)", "gFID-5k (reported)"])
+               f"gFID-{_k(gfid_n)} (mean ± std over {spread})", "q(z) reached p_r", "generator converged",
+               "KID (mean)", "kNN acc.", "lin. probe", "silhouette", "rFID (reported)", "PSNR (reported)",
+               "gFID-5k (reported)"])
     vals: dict[int, dict[int, float]] = {c: {} for c in range(len(t.columns))}
     for name, r in priors_in_order(results).items():
         row = paper_row(results, name)
         rep = paper.TABLE1.get(row, {})
         if r.get("status") != "ok":
-            t.add([name, row or "—", status_cell(r), *["—"] * 8, fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1),
+            t.add([name, row or "—", status_cell(r), *["—"] * 10, fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1),
                    fmt(rep.get("gfid"), 1)])
             continue
         s = r["structure"]["dmvae"]
-        i = t.add([name, row or "—", "ok", fmt(r["rfid"]), fmt(r["psnr"]), fmt(r["ssim"], 3), mean_std(r["gfid"]),
-                   fmt(r["kid"]["mean"], 4), fmt(s["knn_accuracy"], 3), fmt(s["linear_probe_accuracy"], 3),
-                   fmt(s["silhouette"], 3), fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1), fmt(rep.get("gfid"), 1)])
-        for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (7, r["kid"]["mean"]),
-                     (8, s["knn_accuracy"]), (9, s["linear_probe_accuracy"]), (10, s["silhouette"])):
+        i = t.add([name, row or "—", "ok", _pm(r, "rfid"), _pm(r, "psnr"), _pm(r, "ssim", 3), mean_std(r["gfid"]),
+                   reached_cell(r), converged_cell(r), fmt(r["kid"]["mean"], 4), fmt(s["knn_accuracy"], 3),
+                   fmt(s["linear_probe_accuracy"], 3), fmt(s["silhouette"], 3), fmt(rep.get("rfid")),
+                   fmt(rep.get("psnr"), 1), fmt(rep.get("gfid"), 1)])
+        for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (9, r["kid"]["mean"]),
+                     (10, s["knn_accuracy"]), (11, s["linear_probe_accuracy"]), (12, s["silhouette"])):
             vals[c][i] = v
-    for c, higher, digits in ((3, False, 2), (4, True, 2), (5, True, 3), (6, False, 2), (7, False, 4), (8, True, 3),
-                              (9, True, 3), (10, True, 3)):
+    for c, higher, digits in ((6, False, 2), (9, False, 4), (10, True, 3), (11, True, 3), (12, True, 3)):
         t.mark_best(c, vals[c], higher, digits)
-    t.notes.append("Structure columns (kNN, probe, silhouette) are measured on the DMVAE's latents of held-out "
-                   "images; the structure table below also has the reference latents.")
+    floor = results["meta"].get("floors", {}).get("fid_real_vs_real")
+    if floor:
+        t.notes.append(f"Floor of FID at this N: {floor['n']} real train images against the held-out reference "
+                       f"give FID {fmt(floor['value'])}; no generator can be expected below it at gFID-{_k(gfid_n)}.")
+    t.notes.append("rFID, PSNR and SSIM are means over the training seeds (± their std); the structure columns "
+                   "(kNN, probe, silhouette) are the first training seed's DMVAE latents of held-out images.")
+    t.notes.append("q(z) reached p_r: " + _rule(results, "matching") + " A row marked 'no' does not measure its "
+                   "prior's latent space: its q(z) is somewhere between the encoder start and p_r.")
+    t.notes.append("generator converged: " + _rule(results, "converged"))
     t.notes.append("Reported: " + paper.CAVEAT)
     return t
+
+
+def _pm(r: dict, key: str, digits: int = 2) -> str:
+    """A training-seed mean with its std when there are several seeds."""
+    sd = (r.get("spread") or {}).get(key)
+    return fmt(r[key], digits) + (f" ± {fmt(sd, digits)}" if sd is not None else "")
+
+
+def _rule(results: dict, what: str) -> str:
+    for r in ok_priors(results).values():
+        if r.get(what):
+            return r[what]["rule"] + "."
+    return "(no row has it)."
+
+
+def reached_cell(r: dict) -> str:
+    m = r.get("matching")
+    if not m:
+        return "— (no DM stage)"
+    per = m["per_training_seed"]
+    return ("yes" if m["reached_all"] else "NO") + (f" ({sum(per.values())}/{len(per)} seeds)" if len(per) > 1 else "")
+
+
+def converged_cell(r: dict) -> str:
+    c = r.get("converged") or {}
+    per = c.get("per_training_seed", {})
+    return ("yes" if c.get("all") else "NO") + (f" ({sum(bool(v) for v in per.values())}/{len(per)} seeds)"
+                                               if len(per) > 1 else "")
 
 
 def _k(n: int | None) -> str:
@@ -159,34 +196,76 @@ def rank_agreement(results: dict) -> str:
 def gfid_resolution(results: dict, z: float = 2.0) -> Table:
     """Neighbours in our gFID order, and whether their gap exceeds z times the combined seed std."""
     ok = sorted(ok_priors(results).items(), key=lambda kv: kv[1]["gfid"]["mean"])
-    t = Table("Which gFID differences exceed the sampling noise", ["pair (better first)", "gap", "combined std",
-                                                                    f"resolved (gap > {z:g} x std)"])
+    t = Table("Which gFID differences exceed the noise", ["pair (better first)", "gap", "combined std",
+                                                          f"resolved (gap > {z:g} x std)"])
     for (a, ra), (b, rb) in zip(ok, ok[1:]):
         gap = rb["gfid"]["mean"] - ra["gfid"]["mean"]
         sd = math.hypot(ra["gfid"]["std"], rb["gfid"]["std"])
         t.add([f"{a} < {b}", fmt(gap), fmt(sd), "yes" if gap > z * sd else "no"])
-    t.notes.append("The std is over sampling seeds with one trained model per prior: it measures sampling "
-                   "noise, not the spread over training seeds, which is larger. With two seeds it is itself a "
-                   "rough estimate.")
+    kinds = {r["gfid"].get("spread", "sampling seeds") for _, r in ok}
+    if kinds == {"training seeds"}:
+        t.notes.append("The std is over training seeds (each a full re-training of teacher, encoder start, DM "
+                       "stage and generator; each seed's gFID is itself a mean over the sampling seeds). With "
+                       "two or three seeds it is a rough estimate.")
+    else:
+        t.notes.append("The std is over sampling seeds with one trained model per prior: it measures sampling "
+                       "noise, not the spread over training seeds, which is larger. Run with "
+                       "--set training_seeds=0,1,2 to judge pairs by the training-seed spread.")
     return t
 
 
 # ------------------------------------------------------------------------------------ structure
 def structure_table(results: dict) -> Table:
-    t = Table("Latent structure and distribution matching",
-              ["prior", "kNN acc. ref / DMVAE", "lin. probe ref / DMVAE", "silhouette ref / DMVAE",
-               "DM score SW2 before → after", "MMD² before → after"])
+    t = Table("Latent structure", ["prior", "kNN acc. ref / DMVAE", "lin. probe ref / DMVAE",
+                                   "silhouette ref / DMVAE"])
     for name, r in ok_priors(results).items():
         ref, dm = r["structure"]["reference"], r["structure"]["dmvae"]
-        b, a = r["dm_score"].get("before"), r["dm_score"].get("after")
         t.add([name, f"{fmt(ref['knn_accuracy'], 3)} / {fmt(dm['knn_accuracy'], 3)}",
                f"{fmt(ref['linear_probe_accuracy'], 3)} / {fmt(dm['linear_probe_accuracy'], 3)}",
-               f"{fmt(ref['silhouette'], 3)} / {fmt(dm['silhouette'], 3)}",
-               f"{fmt(b['sliced_w2'], 4)} → {fmt(a['sliced_w2'], 4)}" if b and a else "— (no DM stage)",
-               f"{fmt(b['mmd2'], 4)} → {fmt(a['mmd2'], 4)}" if b and a else "— (no DM stage)"])
+               f"{fmt(ref['silhouette'], 3)} / {fmt(dm['silhouette'], 3)}"])
     t.notes.append("ref: draws of the reference distribution p_r with their labels; DMVAE: the tokenizer's "
-                   "normalised latents of held-out images. DM score: distance between q(z) and p_r(z) before "
-                   "and after the DM stage (lower after = the stage did its job).")
+                   "normalised latents of held-out images (first training seed). Where q(z) reached p_r the two "
+                   "columns should tell the same story.")
+    return t
+
+
+def matching_table(results: dict) -> Table:
+    """Did the DM stage bring q(z) to p_r? Each statistic before → after, beside its floor."""
+    t = Table("Distribution matching: q(z) against p_r, before → after the DM stage",
+              ["prior", "encoder start", "MMD² before → after", "MMD² floor", "MMD² S_real samples",
+               "C2ST acc. before → after", "C2ST floor", "sliced W2 before → after (floor)", "reached"])
+    for name, r in ok_priors(results).items():
+        m = r.get("matching")
+        if not m:
+            t.add([name, "—", *["— (no DM stage)"] * 6, "—"])
+            continue
+        b, a, f, ts = m["before"], m["after"], m["floor"], m["teacher_samples"]
+        start = (r.get("encoder_start") or {}).get("kind", "?")
+        t.add([name, start, f"{fmt(b['mmd2'], 4)} → {fmt(a['mmd2'], 4)}", fmt(f["mmd2"], 4), fmt(ts["mmd2"], 4),
+               f"{fmt(b['c2st_acc'], 3)} → {fmt(a['c2st_acc'], 3)}", fmt(f["c2st_acc"], 3),
+               f"{fmt(b['sliced_w2'], 3)} → {fmt(a['sliced_w2'], 3)} ({fmt(f['sliced_w2'], 3)})", reached_cell(r)])
+    t.notes.append("All statistics in p_r's normalised latent space, against one fixed draw of p_r: x = encoder "
+                   "latents of held-out images (start encoder before, final EMA encoder after). Floor: the same "
+                   "statistic between two independent draws of p_r at the same N. S_real samples: the teacher's own "
+                   "ODE samples, about as close as the DM gradient can bring q(z). C2ST: held-out accuracy of a "
+                   "small MLP telling the two sets apart (0.5 = indistinguishable). Values are means over the "
+                   "training seeds.")
+    t.notes.append("Rule: " + _rule(results, "matching"))
+    return t
+
+
+def dm_curve_table(results: dict) -> Table:
+    """MMD^2 of q(z) against p_r along the DM stage (first training seed's probes): how it got there, or didn't."""
+    curves = {n: r["dm_curve"] for n, r in ok_priors(results).items() if r.get("dm_curve")}
+    steps = sorted({p["step"] for c in curves.values() for p in c})
+    t = Table("MMD² of q(z) to p_r along the DM stage (probe on held-out images, first training seed)",
+              ["prior", *[f"it {s}" for s in steps]])
+    for name, c in curves.items():
+        by = {p["step"]: p["mmd2"] for p in c}
+        t.add([name, *[fmt(by.get(s), 4) for s in steps]])
+    t.notes.append("Each probe: the EMA encoder's latents of fixed held-out images against fixed p_r draws "
+                   "(dmvae.probe_n of each), biased MMD² with the kernel fixed on those draws; 'it' counts DM-stage "
+                   "iterations (the tokenizer updates on every dm_every-th of them).")
     return t
 
 
@@ -228,16 +307,17 @@ def table2(ablations: dict[str, dict]) -> list[Table]:
         rep = paper.TABLE2.get(key)
         t = Table(f"Table 2 style: ablation of {key}" + (f" ({rep['title']})" if rep else ""),
                   ["source", "setting", "prior", "PSNR", f"rFID-{_k(ref_n)}", f"gFID-{_k(gfid_n)} (mean ± std)",
-                   "DM score SW2 before → after", "status"])
+                   "MMD² before → after (floor)", "status"])
         cols = {3: {}, 4: {}, 5: {}}
         for value, res in runs:
             for name, r in priors_in_order(res).items():
                 if r.get("status") != "ok":
                     t.add(["this run", f"{key}={value}", name, "—", "—", "—", "—", status_cell(r)])
                     continue
-                b, a = r["dm_score"].get("before"), r["dm_score"].get("after")
+                m = r.get("matching")
                 i = t.add(["this run", f"{key}={value}", name, fmt(r["psnr"]), fmt(r["rfid"]), mean_std(r["gfid"]),
-                           f"{fmt(b['sliced_w2'], 4)} → {fmt(a['sliced_w2'], 4)}" if b and a else "—", "ok"])
+                           f"{fmt(m['before']['mmd2'], 4)} → {fmt(m['after']['mmd2'], 4)} ({fmt(m['floor']['mmd2'], 4)})"
+                           if m else "—", "ok"])
                 cols[3][i], cols[4][i], cols[5][i] = r["psnr"], r["rfid"], r["gfid"]["mean"]
         for c, higher in ((3, True), (4, False), (5, False)):
             t.mark_best(c, cols[c], higher)

@@ -77,6 +77,31 @@ def test_kid_is_zero_for_same_distribution_and_positive_when_shifted():
     assert FID.kid(a, c, subsets=20, subset_size=100, seed=0) == shifted  # seeded
 
 
+def test_kid_subset_size_is_capped_at_half_the_samples():
+    # N = 500 with the default subset_size 1000: subsets of 250, so they differ and the std is real
+    # (with subsets of the whole set it was round-off, ~1e-16).
+    for a, b in ((gaussian(500, 16, seed=4), gaussian(500, 16, seed=5)),
+                 (gaussian(500, 16, seed=6), gaussian(500, 16, shift=0.5, seed=7))):
+        got = FID.kid(a, b, subsets=10, seed=0)
+        assert got["subset_size"] == 250 and got["kid_std"] > 1e-6
+        assert got["rule"] == FID.KID_SUBSET_RULE and "N // 2" in got["rule"]
+    # Unequal sets: N is the smaller one.
+    assert FID.kid(gaussian(500, 8, seed=8), gaussian(9, 8, seed=9), subsets=2)["subset_size"] == 4
+
+
+def test_kid_keeps_the_default_subset_size_for_large_n():
+    a, b = gaussian(5000, 4, seed=10), gaussian(5000, 4, seed=11)
+    got = FID.kid(a, b, subsets=2, seed=0)
+    assert FID.KID_DEFAULTS["subset_size"] == 1000 and got["subset_size"] == 1000
+    assert FID.kid(a, b, subsets=2, subset_size=300, seed=0)["subset_size"] == 300
+
+
+def test_kid_rejects_too_few_samples():
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        FID.kid(gaussian(3, 8, seed=1), gaussian(100, 8, seed=2))
+    assert FID.kid(gaussian(4, 8, seed=1), gaussian(4, 8, seed=2), subsets=3)["subset_size"] == 2  # smallest N
+
+
 def test_precision_recall_same_and_collapsed():
     real, fake = gaussian(400, 8, seed=1), gaussian(400, 8, seed=2)
     pr = FID.precision_recall(real, fake, k=3, chunk=64)

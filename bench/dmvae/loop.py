@@ -107,3 +107,8 @@ class Resumable:
                                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                                    "rng": rng, "extra": extra})
         D.barrier()
+
+
+def warmup_lr(step: int, lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then constant (the DM stage's schedule, paper section 2)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr

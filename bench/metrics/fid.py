@@ -21,6 +21,8 @@ from bench.metrics import inception
 
 FEATURES_VERSION = 1  # bump when to_uint8 or the feature layer changes
 KID_DEFAULTS = dict(subsets=100, subset_size=1000, degree=3, coef0=1.0)  # Binkowski et al. 2018
+KID_SUBSET_RULE = ("subset size = min(subset_size, N // 2), N = min(len(x), len(y)); "
+                   "subsets drawn without replacement")
 PR_K = 3  # Kynkaanniemi et al. 2019
 
 
@@ -36,11 +38,19 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def inception_features(images: torch.Tensor, batch: int = 50, cache: Cache | None = None) -> torch.Tensor:
-    """Pool3 features (N, 2048) float64 of images (N, C, H, W), uint8 or float in [-1, 1]."""
+def inception_features(images: torch.Tensor, batch: int = 50, cache: Cache | None = None,
+                       progress=None) -> torch.Tensor:
+    """Pool3 features (N, 2048) float64 of images (N, C, H, W), uint8 or float in [-1, 1].
+
+    `progress` (bench/progress.py Progress) is told of every batch done.
+    """
     net = inception.load_extractor(cache)
     x = to_uint8(images)
-    out = [net(x[i:i + batch].contiguous())[0].double() for i in range(0, len(x), batch)]
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(net(x[i:i + batch].contiguous())[0].double())
+        if progress is not None:
+            progress.update(len(out[-1]))
     return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)
 
 
@@ -101,11 +111,26 @@ def fid_against_reference(feats: torch.Tensor, ref: dict) -> float:
 
 def kid(feats1, feats2, subsets: int = KID_DEFAULTS["subsets"], subset_size: int = KID_DEFAULTS["subset_size"],
         seed: int = 0) -> dict:
-    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3, mean and std over subsets."""
+    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3, mean and std over subsets.
+
+    Each of `subsets` draws takes m rows of each set without replacement, with
+    m = min(subset_size, N // 2) and N = min(len(x), len(y)) (KID_SUBSET_RULE). Capping m at N // 2
+    makes the subsets differ from one another, so kid_std is a real spread over subsets; with
+    m = N every subset would be the whole set and kid_std only round-off. With the default
+    subset_size 1000 the usual size (Binkowski et al. 2018) is kept once N >= 2000. Needs N >= 4
+    (m >= 2 for the unbiased within-set terms) and subset_size >= 2; raises ValueError otherwise.
+
+    Returns kid_mean, kid_std (population std over subsets), subsets, subset_size (the m used) and
+    rule (how m was chosen).
+    """
     x, y = (np.asarray(torch.as_tensor(f).double()) for f in (feats1, feats2))
-    m = min(subset_size, len(x), len(y))
-    if m < 2:
-        raise ValueError("KID needs at least 2 samples per set")
+    n = min(len(x), len(y))
+    if n < 4:
+        raise ValueError(f"KID needs at least 4 samples per set (subsets of N // 2 >= 2), got "
+                         f"{len(x)} and {len(y)}")
+    if subset_size < 2:
+        raise ValueError(f"KID subset_size must be at least 2, got {subset_size}")
+    m = min(subset_size, n // 2)
     rng = np.random.default_rng(seed)
     d = x.shape[1]
     vals = []
@@ -118,7 +143,8 @@ def kid(feats1, feats2, subsets: int = KID_DEFAULTS["subsets"], subset_size: int
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         vals.append(within - 2 * kxy.mean())
     vals = np.asarray(vals)
-    return {"kid_mean": float(vals.mean()), "kid_std": float(vals.std()), "subsets": subsets, "subset_size": m}
+    return {"kid_mean": float(vals.mean()), "kid_std": float(vals.std()), "subsets": subsets, "subset_size": m,
+            "rule": KID_SUBSET_RULE}
 
 
 def _kth_nn_radius(f: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
@@ -169,7 +195,8 @@ def evaluation_settings(n: int | None = None, reference_split: str | None = None
             "input": "uint8; float images in [-1, 1] quantised by round((x + 1) * 127.5), grey replicated to RGB",
             "network_dtype": "float32", "statistics_dtype": "float64",
             "covariance": "unbiased (N - 1)", "sqrtm": "scipy.linalg.sqrtm, retry with 1e-6 I offset on non-finite",
-            "kid": {**KID_DEFAULTS, "kernel": "polynomial (x.y / D + coef0)^degree", "estimator": "unbiased"},
+            "kid": {**KID_DEFAULTS, "subset_rule": KID_SUBSET_RULE,
+                    "kernel": "polynomial (x.y / D + coef0)^degree", "estimator": "unbiased"},
             "precision_recall": {"k": PR_K, "distance": "euclidean on pool3"},
             "n": n, "reference_split": reference_split, "features_version": FEATURES_VERSION,
             "note": "FID is biased by N: compare only at equal N and the same reference statistics"}

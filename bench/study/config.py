@@ -7,18 +7,18 @@ knob can be overridden: `--set eval.gfid_n=2000`, `--set dmvae.tokenizer.width=3
 | preset | data | latents | stage presets | gFID-N x seeds | ref / rFID N | convergence N | goal |
 |---|---|---|---|---|---|---|---|
 | smoke | Fashion-MNIST, 200 per split | 4x8x8 | smoke | 32 x 2  | 32    | 32   | <= 3 min, five priors, 2 cores |
-| cpu   | Fashion-MNIST, full          | 4x8x8 | cpu   | 500 x 2 | 500   | 200  | <= 30 min cold, five priors, 2 cores |
+| cpu   | Fashion-MNIST, full          | 4x8x8 | cpu   | 500 x 2 | 500   | 250  | <= 60 min cold, five priors, one training seed, 2 cores |
 | gpu   | Fashion-MNIST, full          | 4x8x8 | gpu   | 5k x 3  | 10k   | 5k   | one accelerator |
 | paper | ImageNet-256 ImageFolder     | 32x16x16 | paper (XL generator) | 5k x 2 | 50k | 5k | not trainable here |
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEACHER_PRESETS, DMVAEConfig,
                          GeneratorConfig, PretrainConfig, TeacherConfig)
 
-STARTS = ("plain-ae", "distill")  # METHOD.md 3.3; bench/dmvae/stage.py explains both
+from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,13 @@ class EvalConfig:
     ref_n: int = 500               # held-out images (class-balanced): reference stats and rFID-N
     gfid_n: int = 500              # generated samples per sampling seed (gFID-N)
     seeds: tuple[int, ...] = (0, 1)  # sampling seeds: gFID is reported as mean and std over them
-    convergence_n: int = 200       # samples per convergence checkpoint (first seed); <= gfid_n
+    convergence_n: int = 250       # samples per convergence checkpoint (first seed); <= gfid_n
+    converged_within: float = 0.05  # the generator "converged" if its last two checkpoints' gFID differ by <= this
     sample_steps: int = 25         # Euler ODE steps
     cfg_scale: float = 1.0         # classifier-free guidance (1: none, as Table 1)
     shift: float = 1.0             # sampler time shift
     structure_n: int = 1000        # latents for kNN / linear probe / silhouette
+    match_n: int = 1000            # held-out latents and p_r draws per matching statistic (and its floor)
     tsne_per_class: int = 100      # paper Fig. 4: 100 images per class
     batch: int = 50                # Inception and sampling batch (does not change any number)
 
@@ -45,6 +47,8 @@ class EvalConfig:
                              "first seed's samples)")
         if min(self.ref_n, self.gfid_n) < 10:
             raise ValueError("eval.ref_n and eval.gfid_n must be at least 10")
+        if self.match_n < 20:
+            raise ValueError("eval.match_n must be at least 20 (the two-sample test splits it in halves)")
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,10 @@ class StudyConfig:
     features: str = "auto"             # pretrained | local | auto (priors/base.py PriorSettings)
     weights_dir: str | None = None
     feature_size: str = "cpu"          # training budget of the locally trained feature nets
-    seed: int = 0
-    start: str = "plain-ae"            # encoder start: plain-ae | distill
+    seed: int = 0                      # data split, feature nets, evaluation subsets (shared by training seeds)
+    training_seeds: tuple[int, ...] = (0,)  # one teacher, start, DM stage and generator per seed: seed s adds s
+                                       # to every training stage's seed; Table 1 gives mean and std over them
+    start: str = "auto"                # encoder start: auto (section 3.3) | plain-ae | reference-ae
     checkpoint_every: int = 100        # steps between resumable checkpoints of every training stage
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -72,6 +78,14 @@ class StudyConfig:
     def __post_init__(self):
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got '{self.start}'")
+        if not self.training_seeds or len(set(self.training_seeds)) != len(self.training_seeds) \
+                or min(self.training_seeds) < 0:
+            raise ValueError(f"training_seeds must be distinct non-negative integers, got {self.training_seeds}")
+
+    def for_training_seed(self, s: int) -> "StudyConfig":
+        """The config of training seed s: every training stage's seed shifted by s (data and nets shared)."""
+        return replace(self, training_seeds=(s,), **{k: replace(getattr(self, k), seed=getattr(self, k).seed + s)
+                                                      for k in ("teacher", "pretrain", "dmvae", "generator")})
 
 
 def _stages(name: str, pretrain: str | None = None) -> dict:
@@ -82,11 +96,11 @@ def _stages(name: str, pretrain: str | None = None) -> dict:
 STUDY_PRESETS = {
     "smoke": dict(limit=200, feature_size="smoke", checkpoint_every=10, **_stages("smoke"),
                   eval=EvalConfig(ref_n=32, gfid_n=32, convergence_n=32, sample_steps=10, structure_n=200,
-                                  tsne_per_class=10)),
+                                  tsne_per_class=10, match_n=64)),
     "cpu": dict(**_stages("cpu"), eval=EvalConfig()),
     "gpu": dict(feature_size="gpu", checkpoint_every=1000, **_stages("gpu"),
                 eval=EvalConfig(ref_n=10_000, gfid_n=5000, seeds=(0, 1, 2), convergence_n=5000, sample_steps=50,
-                                structure_n=5000, batch=250)),
+                                structure_n=5000, match_n=5000, batch=250)),
     "paper": dict(dataset="imagefolder", resolution=256, latent_channels=32, latent_size=16, features="pretrained",
                   feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"),
                   eval=EvalConfig(ref_n=50_000, gfid_n=5000, convergence_n=5000, sample_steps=50, structure_n=5000,

@@ -21,7 +21,7 @@ import torch
 
 from bench.cache import Cache
 from bench.dmvae import generate, load_checkpoint
-from bench.metrics import distribution, fid, structure
+from bench.metrics import fid, matching, structure
 from bench.metrics.image import SSIM_SETTINGS, psnr, ssim
 from bench.study.config import EvalConfig
 
@@ -59,12 +59,12 @@ def _mean_std(values: list[float]) -> dict:
 
 @torch.no_grad()
 def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalConfig, cache: Cache,
-                   grid_pairs: int = 20, columns: int = 10) -> tuple[dict, torch.Tensor]:
+                   grid_pairs: int = 20, columns: int = 10, progress=None) -> tuple[dict, torch.Tensor]:
     """rFID-N, PSNR and SSIM of the tokenizer on held-out images; and a grid of the first
     `grid_pairs` images (class-interleaved, so one per class per row) above their reconstructions."""
     dev = next(encoder.parameters()).device
     rec = torch.cat([decoder(encoder(x.to(dev))).clamp(-1, 1).float().cpu() for x in images.split(cfg.batch)])
-    feats = fid.inception_features(rec, cfg.batch, cache)
+    feats = fid.inception_features(rec, cfg.batch, cache, progress)
     pairs = [t for lo in range(0, min(grid_pairs, len(images)), columns)
              for t in (images[lo:lo + columns], rec[lo:lo + columns])]
     grid = image_grid(torch.cat(pairs), columns)
@@ -74,8 +74,9 @@ def reconstruction(encoder, decoder, images: torch.Tensor, ref: dict, cfg: EvalC
 
 @torch.no_grad()
 def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, gen_cfg, ref: dict,
-               cfg: EvalConfig, cache: Cache, log=print, keep: int = 0) -> tuple[dict, torch.Tensor]:
-    """gFID-N over the sampling seeds (+ KID, precision/recall) and the convergence curve.
+               cfg: EvalConfig, cache: Cache, log=print, keep: int = 0, progress=None) -> tuple[dict, torch.Tensor]:
+    """gFID-N over the sampling seeds (+ KID, precision/recall) and the convergence curve, with the
+    convergence rule applied to its last two points (`converged`).
 
     Also returns the first `keep` images of the first seed (the sample grid shows the very samples
     that were scored).
@@ -86,7 +87,7 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
     for s in cfg.seeds:
         t0 = time.time()
         images, _ = generate(model, cfg.gfid_n, num_classes, s, **sample)
-        feats = fid.inception_features(images, cfg.batch, cache)
+        feats = fid.inception_features(images, cfg.batch, cache, progress)
         if first_feats is None:
             first_feats, kept = feats, images[:keep]
         row = {"seed": s, "gfid": fid.fid_against_reference(feats, ref), **fid.kid(feats, ref["features"], seed=s),
@@ -99,7 +100,8 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
         images, _ = generate(net.to(next(model.parameters()).device), cfg.convergence_n, num_classes,
                              cfg.seeds[0], **sample)
         convergence.append({"epoch": cp["epoch"], "step": cp["step"], "fraction": cp["fraction"],
-                            "gfid": fid.fid_against_reference(fid.inception_features(images, cfg.batch, cache), ref)})
+                            "gfid": fid.fid_against_reference(fid.inception_features(images, cfg.batch, cache,
+                                                                                     progress), ref)})
         log(f"    convergence epoch {cp['epoch']:.2f}: gFID-{cfg.convergence_n} {convergence[-1]['gfid']:.2f}")
     last = checkpoints[-1]
     convergence.append({"epoch": last["epoch"], "step": last["step"], "fraction": last["fraction"],
@@ -109,7 +111,20 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
                     "subsets": per_seed[0]["subsets"]},
             "precision_recall": {"precision": _mean_std([r["precision"] for r in per_seed]),
                                  "recall": _mean_std([r["recall"] for r in per_seed]), "k": fid.PR_K},
-            "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n}, kept
+            "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n,
+            "converged": converged(convergence, cfg.converged_within)}, kept
+
+
+def converged(curve: list[dict], within: float) -> dict:
+    """The generator's convergence rule: its last checkpoint's gFID within `within` (relative) of the one before."""
+    rule = (f"converged if the last checkpoint's gFID-N is within {within:.0%} of the previous checkpoint's "
+            f"(same N, same sampling seed)")
+    if len(curve) < 2:
+        return {"converged": None, "rule": rule, "note": "fewer than two checkpoints: not judged"}
+    prev, last = curve[-2]["gfid"], curve[-1]["gfid"]
+    change = (last - prev) / prev
+    return {"converged": bool(abs(change) <= within), "rule": rule, "previous": prev, "last": last,
+            "relative_change": change}
 
 
 def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
@@ -145,4 +160,7 @@ def settings(cfg: EvalConfig, cache: Cache) -> dict:
             "image": {"psnr": "mean per-image PSNR on [0, 1]", "ssim": SSIM_SETTINGS},
             "structure": {**structure.SETTINGS, "n": cfg.structure_n, "tsne_per_class": cfg.tsne_per_class,
                           "reference": "p_r draws with their labels", "dmvae": "normalised encoder latents of held-out images"},
-            "dm_score": distribution.SETTINGS}
+            "matching": {**matching.SETTINGS, "n": cfg.match_n,
+                         "x": "encoder latents of held-out images (start and final encoder)",
+                         "teacher_samples": f"S_real's Euler ODE samples ({cfg.sample_steps} steps), p_r's labels"},
+            "convergence_rule": {"within": cfg.converged_within, "points": "last two generator checkpoints"}}

@@ -1,9 +1,11 @@
-"""One prior's stages, each computed once and then loaded from its content-addressed folder (stages.py).
+"""One prior's stages for one training seed, each computed once and then loaded from its content-addressed
+folder (stages.py).
 
-    prior -> teacher S_real (+ LatentNorm) -> encoder start -> DM stage -> generator -> evaluate
-The vae row replaces teacher/start/DM by the KL baseline (bench/dmvae/stage.py train_vae_baseline);
-its prior is still built, for the reference latents of the structure metrics. Stages are lazy:
-when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds.
+    prior -> teacher S_real (+ p_r's LatentNorm) -> encoder start -> DM stage -> generator -> evaluate
+The vae row replaces teacher/start/DM by the KL baseline (bench/dmvae/vae_baseline.py); its prior is
+still built, for the reference latents of the structure metrics. The prior is shared by the training
+seeds (its key has no training seed); every later stage has one folder per training seed. Stages are
+lazy: when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds.
 """
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ from functools import cached_property
 import torch
 
 from bench import distributed as D
-from bench.dmvae import (Start, build_score_net, build_tokenizer, encode_latents, pretrain_autoencoder,
-                         train_dmvae, train_generator, train_teacher, train_vae_baseline)
+from bench.core.flow import sample_ode
+from bench.dmvae import (Start, build_score_net, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
+                         resolve_start, train_dmvae, train_generator, train_teacher, train_vae_baseline)
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
+from bench.metrics import matching
+from bench.progress import Progress
 from bench.study import evaluate as E
 from bench.study.stages import stage_key
 from priors.base import PriorSettings
 from priors.registry import get_prior
 
-EVALUATE_VERSION = 2  # 2: the stage also keeps reconstruction and sample grids (figure data)
+EVALUATE_VERSION = 3  # 3: matching statistics with floors, convergence rule, generator's own LatentNorm
 BASELINE = "vae"  # the prior whose row is the KL-VAE baseline (no distribution matching)
 
 
@@ -35,10 +40,11 @@ def n_params(*modules: torch.nn.Module) -> int:
 
 
 class PriorRun:
-    """The stages of one prior; `on_stage(stage, seconds, cached)` is called after each."""
+    """The stages of one prior and training seed; `on_stage(stage, seconds, cached)` is called after each."""
 
-    def __init__(self, name: str, ctx):
-        self.name, self.ctx, self.cfg = name, ctx, ctx.cfg
+    def __init__(self, name: str, ctx, training_seed: int = 0):
+        self.name, self.ctx, self.tseed = name, ctx, training_seed
+        self.cfg = ctx.cfg.for_training_seed(training_seed)
         self.cls = get_prior(name)
         c = self.cfg
         self.settings = PriorSettings(latent_channels=c.latent_channels, latent_size=c.latent_size,
@@ -50,13 +56,15 @@ class PriorRun:
         k = {"prior": stage_key("prior", name, self.cls.info.version, _asdict(self.settings), data_fp)}
         if not self.baseline:
             k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher))
-            shared = c.start == "plain-ae"  # the plain AE does not depend on the prior: one for all rows
-            k["start"] = stage_key("start", c.start, _asdict(c.pretrain), _asdict(c.dmvae.tokenizer),
+            self.start_kind = resolve_start(c.start, self.cls)
+            shared = self.start_kind == "plain-ae"  # the plain AE does not depend on the prior: one for all rows
+            k["start"] = stage_key("start", self.start_kind, _asdict(c.pretrain), _asdict(c.dmvae.tokenizer),
                                    self.latent_shape, images, data_fp, None if shared else k["prior"])
             self.start_owner = "_shared" if shared else name
             k["dmvae"] = stage_key("dmvae", k["teacher"], k["start"], _asdict(c.dmvae))
         else:
-            k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), self.latent_shape, images, data_fp)
+            k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), _asdict(c.pretrain), self.latent_shape, images,
+                                   data_fp)
         k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator))
         k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
                                   EVALUATE_VERSION)
@@ -171,15 +179,10 @@ class PriorRun:
         c, images = self.cfg, self.ctx.data.train.images
 
         def compute(_resume):
-            target, note = None, None
-            if c.start == "distill":
-                if hasattr(self.prior, "encode_images"):
-                    target = self.prior.encode_images(images)
-                else:
-                    note = f"prior '{self.name}' has no image encoder: plain-ae start instead of distill"
-            s = pretrain_autoencoder(images, self.latent_shape, c.pretrain, c.dmvae.tokenizer, target=target)
+            reference = self.prior.reference_latents if self.start_kind == "reference-ae" else None
+            s = pretrain_autoencoder(images, self.latent_shape, c.pretrain, c.dmvae.tokenizer, reference=reference)
             return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
-                    {"start": {**s.record, **({"note": note} if note else {})}})
+                    {"start": {**s.record, "requested": c.start}})
 
         state, record = self._stage("start", compute, owner=self.start_owner)
         enc, dec = self._tokenizer(state)
@@ -200,11 +203,15 @@ class PriorRun:
         def compute(resume):
             if self.baseline:
                 enc, dec, norm, hist = train_vae_baseline(data.images, data.labels, self.latent_shape, c,
-                                                          checkpoint=resume, checkpoint_every=self._every())
+                                                          self.cfg.pretrain, checkpoint=resume,
+                                                          checkpoint_every=self._every())
             else:
                 s_real, norm = self.teacher
+                x_probe, _ = self.ctx.matching_images(c.probe_n)
+                z_ref, _ = self.prior.sample(c.probe_n, torch.Generator().manual_seed(self.cfg.seed + 11))
+                probe = (x_probe, matching.Matcher(norm.apply(z_ref), seed=self.cfg.seed))
                 enc, dec, _, hist = train_dmvae(data.images, data.labels, self.prior, s_real, norm, c, self.start,
-                                                checkpoint=resume, checkpoint_every=self._every())
+                                                probe=probe, checkpoint=resume, checkpoint_every=self._every())
             return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
                     {"history": hist, "norm": norm.to_dict(),
                      "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
@@ -218,13 +225,17 @@ class PriorRun:
         c, data = self.cfg.generator, self.ctx.data
 
         def compute(resume):
-            enc, _, norm, _ = self.tokenizer
-            latents = encode_latents(enc, data.train.images, norm)
+            enc = self.tokenizer[0]
+            # The generator models the FINAL tokenizer's latents, so they are normalised by their own
+            # statistics (paper section 3.5; the reference code measures latent_mean/scale after the DM stage).
+            raw = encode(enc, data.train.images)
+            norm = measure_norm(raw, "DMVAE encoder latents of the train images (after the DM stage)")
+            latents = norm.apply(raw)
             E.finite_or_raise(float(latents.abs().max()), "generator training latents")
             model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c,
                                                checkpoint=resume, checkpoint_every=self._every())
             return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
-                    {"history": hist, "params": n_params(model),
+                    {"history": hist, "params": n_params(model), "norm": norm.to_dict(),
                      "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
 
         state, record = self._stage("generator", compute)
@@ -233,21 +244,46 @@ class PriorRun:
         cps = [{**meta, "state_dict": sd} for meta, sd in zip(record["checkpoints"], state["checkpoints"])]
         return model.to(D.device()).eval().requires_grad_(False), cps, record
 
+    def matching(self) -> dict:
+        """Did q(z) reach p_r? Statistics of the start and final encoders on held-out images, of S_real's
+        own samples, and the floor (two independent p_r draws), all against one fixed p_r draw
+        (bench/metrics/matching.py), in p_r's normalised space."""
+        ev = self.cfg.eval
+        s_real, norm = self.teacher
+        z_a, y_a = self.prior.sample(ev.match_n, torch.Generator().manual_seed(self.cfg.seed + 21))
+        z_b, _ = self.prior.sample(ev.match_n, torch.Generator().manual_seed(self.cfg.seed + 22))
+        matcher = matching.Matcher(norm.apply(z_a), seed=self.cfg.seed)
+        x, _ = self.ctx.matching_images(ev.match_n)
+        before = matcher.stats(norm.apply(encode(self.start.encoder, x)))
+        after = matcher.stats(norm.apply(encode(self.tokenizer[0], x)))
+        floor = matcher.floor(norm.apply(z_b))
+        g = torch.Generator().manual_seed(self.cfg.seed + 23)
+        noise = torch.randn(z_a.shape, generator=g).to(D.device())
+        with torch.no_grad():  # S_real's own samples, with p_r's label mix: as close as DM can get
+            z_teacher = sample_ode(s_real.to(D.device()), noise, y_a.to(D.device()), steps=ev.sample_steps).cpu()
+        return {"before": before, "after": after, "floor": floor, "teacher_samples": matcher.stats(z_teacher),
+                **matching.reached(before, after, floor),
+                "space": "p_r's normalised latents; x = held-out images, reference = p_r draws",
+                "start": self.start_kind}
+
     def evaluate(self) -> tuple[dict, dict]:
         """(metrics record, figure data: t-SNE coordinates and image grids) of the finished run."""
         ctx, ev = self.ctx, self.cfg.eval
 
         def compute(_resume):
-            enc, dec, norm, hist = self.tokenizer
-            model, cps, _ = self.generator
+            enc, dec, _, hist = self.tokenizer
+            model, cps, gen_record = self.generator
+            norm = LatentNorm.from_dict(gen_record["norm"])  # the generator's latents are the DMVAE's, normalised
             images, _ = ctx.held_out
             ref = ctx.reference
             ctx.log(f"[{self.name}] evaluate: rFID-{ev.ref_n}, gFID-{ev.gfid_n} x {len(ev.seeds)} seeds, "
                     f"{len(cps) - 1} convergence points, structure, t-SNE")
-            rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache)
+            total = ev.ref_n + ev.gfid_n * len(ev.seeds) + ev.convergence_n * (len(cps) - 1)
+            progress = Progress(total, f"[{self.name} seed {self.tseed}] evaluate", ctx.log, every=30.0)
+            rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache, progress=progress)
             k = ctx.data.num_classes
             gen, samples = E.generation(model, cps, dec, norm, k, self.cfg.generator, ref, ev, ctx.cache,
-                                        log=ctx.log, keep=4 * k)  # four samples per class, label = column
+                                        log=ctx.log, keep=4 * k, progress=progress)  # 4 per class, label = column
             z_ref, y_ref = self.prior.sample(ev.structure_n, torch.Generator().manual_seed(self.cfg.seed))
             x_s, y_s = ctx.structure_images
             z_dm = encode_latents(enc, x_s, norm)
@@ -256,7 +292,10 @@ class PriorRun:
             s_dm, t_dm = E.latent_structure(z_dm, y_s, ev, self.cfg.seed)
             record = {"rfid": rec["rfid"], "psnr": rec["psnr"], "ssim": rec["ssim"], "rfid_n": rec["n"],
                       **gen, "structure": {"reference": s_ref, "dmvae": s_dm},
-                      "tokenizer": {k: hist.get(k) for k in ("dm_score", "start", "loss_terms", "regulariser")}}
+                      "matching": None if self.baseline else self.matching(),
+                      "generator_norm": norm.to_dict(), "training_seed": self.tseed,
+                      "tokenizer": {k: hist.get(k) for k in ("curve", "start", "loss_terms", "regulariser",
+                                                              "tokenizer_updates")}}
             tsne = {"reference_xy": t_ref["xy"], "reference_labels": t_ref["labels"],
                     "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"],
                     "recon_grid": rec_grid, "sample_grid": E.image_grid(samples, k)}

@@ -3,12 +3,15 @@
 results.json (SCHEMA_VERSION):
   meta: config (resolved) + config_hash, preset and command line, git commit, package versions, device, world size, seeds,
         weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
-        every evaluation setting, stage keys, wall time
-  priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason; rfid, psnr, ssim (rfid_n), gfid
-        {mean, std, seeds, n}, gfid_n, kid, precision_recall, convergence [{epoch, gfid}],
-        structure {reference, dmvae}, dm_score {before, after}, timings {stage: own seconds when computed},
-        throughput_img_per_s {stage: img/s}, models {generator: {size, params, epochs}, ...}, cached
-        [stages loaded, not computed, in this run], figure_data {tsne, recon_grid, sample_grid} (files)
+        every evaluation setting, stage keys per training seed, floors {fid_real_vs_real}, wall time
+  priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason;
+        per_training_seed {seed: rfid, psnr, ssim, gfid {mean, std over sampling seeds}, kid, precision_recall,
+            convergence [{epoch, gfid}], converged {converged, rule}, matching {before, after, floor,
+            teacher_samples, reached, rule}, dm_curve, structure, generator_norm, timings, ...};
+        the aggregate over training seeds (aggregate.py): rfid, psnr, ssim (means), spread {metric: std},
+        gfid {mean, std, spread, training_std, sampling_std, n, seeds, training_seeds}, kid, converged {all},
+        matching {reached_all, before/after/floor/teacher_samples means}, timings {stage: own seconds, summed},
+        and the first seed's structure, convergence, figure_data {tsne, recon_grid, sample_grid} (files)
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
 reason and the others go on; no number that was not measured is written.
 """
@@ -31,11 +34,12 @@ from bench.errors import UserError
 from bench.io import atomic_write_json, atomic_write_png, environment
 from bench.metrics import fid
 from bench.study import evaluate as E
+from bench.study.aggregate import aggregate
 from bench.study.config import StudyConfig
 from bench.study.pipeline import PriorRun
 from bench.study.stages import StageStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training seeds (per_training_seed + aggregate), matching, floors
 
 
 @dataclass
@@ -68,6 +72,23 @@ class Context:
     def structure_images(self):
         split = getattr(self.data, self.cfg.eval.ref_split)
         return E.held_out(split, min(self.cfg.eval.structure_n, len(split)), self.cfg.seed + 1)
+
+    def matching_images(self, n: int):
+        """A fixed class-balanced subset of n held-out images for the matching statistics and probes."""
+        split = getattr(self.data, self.cfg.eval.ref_split)
+        return E.held_out(split, min(n, len(split)), self.cfg.seed + 2)
+
+    @cached_property
+    def floors(self) -> dict | None:
+        """FID between N real train images and the held-out reference: what gFID-N reads for perfect samples."""
+        ev = self.cfg.eval
+        if D.rank() != 0:
+            return None
+        x, _ = E.held_out(self.data.train, min(ev.gfid_n, len(self.data.train)), self.cfg.seed + 3)
+        feats = fid.inception_features(x, ev.batch, self.cache)
+        return {"fid_real_vs_real": {"value": fid.fid_against_reference(feats, self.reference), "n": len(x),
+                                     "images": "class-balanced train images vs the held-out reference statistics",
+                                     "compare_with": f"gFID-{ev.gfid_n} (same N); rFID uses N = {ev.ref_n}"}}
 
     @cached_property
     def reference(self) -> dict:
@@ -126,47 +147,70 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
     results = {"meta": _meta(cfg, priors, cache, command), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
     ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
     ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
+    if ctx.floors is not None:  # real vs real FID at the gFID's N: the statistic's floor
+        results["meta"]["floors"] = ctx.floors
+        ctx.write()
     for name in priors:
-        results["priors"][name] = {"status": "running", "timings": {}, "cached": []}
+        entry = results["priors"][name] = {"status": "running", "timings": {}, "cached": [], "per_training_seed": {}}
         t0 = time.time()
-        log(f"\n=== prior {name} ===")
-        try:
-            run = PriorRun(name, ctx)
-            results["meta"]["stage_keys"][name] = run.keys
-            record, tsne = run.evaluate()
-            _write_figure_data(out / "figure_data", name, tsne)
-            prov = run.provenance
-            results["meta"]["provenance"][name] = prov
-            results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
-            results["priors"][name].update(_prior_entry(run, record), timings=run.timings(),
-                                           throughput_img_per_s=run.throughput(), models=run.models())
-        except Exception as e:  # one prior's failure must not lose the others
-            expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
-            reason = str(e) if expected else f"{type(e).__name__}: {e}"
-            results["priors"][name].update(status="failed", reason=reason)
-            if not expected:
-                results["priors"][name]["traceback"] = traceback.format_exc()
-            print(f"[{name}] FAILED{f' on rank {D.rank()}' if D.world_size() > 1 else ''}: {reason}", flush=True)
-        results["priors"][name]["wall_s"] = time.time() - t0
+        for s in cfg.training_seeds:
+            log(f"\n=== prior {name}, training seed {s} ===")
+            try:
+                run = PriorRun(name, ctx, s)
+                results["meta"]["stage_keys"].setdefault(name, {})[str(s)] = run.keys
+                record, tsne = run.evaluate()
+                if not entry["per_training_seed"]:  # figures show the first finished training seed
+                    _write_figure_data(out / "figure_data", name, tsne)
+                prov = run.provenance
+                results["meta"]["provenance"][name] = prov
+                results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
+                entry["per_training_seed"][str(s)] = {**_prior_entry(run, record), "timings": run.timings(),
+                                                      "throughput_img_per_s": run.throughput(), "models": run.models()}
+            except Exception as e:  # one prior's (or seed's) failure must not lose the others
+                expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
+                reason = str(e) if expected else f"{type(e).__name__}: {e}"
+                entry.setdefault("failed_training_seeds", {})[str(s)] = reason
+                if not expected:
+                    entry.setdefault("traceback", {})[str(s)] = traceback.format_exc()
+                print(f"[{name} seed {s}] FAILED{f' on rank {D.rank()}' if D.world_size() > 1 else ''}: {reason}",
+                      flush=True)
+            ctx.write()
+        _finish_prior(entry)
+        entry["wall_s"] = time.time() - t0
         ctx.write()
     D.barrier()
     log("\n" + summary(results))
     return results
 
 
+def _finish_prior(entry: dict) -> None:
+    """Status and the aggregate over the training seeds that finished (bench/study/aggregate.py)."""
+    done, failed = entry["per_training_seed"], entry.get("failed_training_seeds", {})
+    if not done:
+        entry.update(status="failed", reason="; ".join(f"training seed {s}: {r}" for s, r in failed.items()))
+        return
+    timings: dict = {}
+    for s, e in done.items():
+        for stage, sec in e["timings"].items():  # the prior itself is shared by the seeds: counted once
+            timings[stage] = sec if stage == "prior" else timings.get(stage, 0.0) + sec
+    entry.update(aggregate(done), status="ok", timings=timings)
+    if failed:
+        entry["note"] = f"training seeds {', '.join(failed)} failed; the row aggregates the others"
+
+
 def _prior_entry(run: PriorRun, record: dict) -> dict:
-    """The contract's per-prior block from the evaluation record (and the DM stage's history)."""
+    """One training seed's block of the contract, from the evaluation record (and the DM stage's history)."""
     hist = record["tokenizer"]
-    dm = hist.get("dm_score")
-    entry = {"status": "ok", "rfid": record["rfid"], "rfid_n": record["rfid_n"], "psnr": record["psnr"],
-             "ssim": record["ssim"], "gfid": record["gfid"], "gfid_n": record["gfid"]["n"], "kid": record["kid"],
-             "precision_recall": record["precision_recall"], "gfid_per_seed": record["per_seed"],
-             "convergence": record["convergence"], "convergence_n": record["convergence_n"],
-             "structure": record["structure"],
-             "dm_score": {"before": dm["before"], "after": dm["after"]} if dm else
-             {"before": None, "after": None, "note": "no distribution-matching stage (KL baseline)"},
+    entry = {"status": "ok", "training_seed": run.tseed, "rfid": record["rfid"], "rfid_n": record["rfid_n"],
+             "psnr": record["psnr"], "ssim": record["ssim"], "gfid": record["gfid"], "gfid_n": record["gfid"]["n"],
+             "kid": record["kid"], "precision_recall": record["precision_recall"],
+             "gfid_per_seed": record["per_seed"], "convergence": record["convergence"],
+             "convergence_n": record["convergence_n"], "converged": record["converged"],
+             "structure": record["structure"], "matching": record["matching"],
+             "dm_curve": hist.get("curve"), "generator_norm": record["generator_norm"],
              "encoder_start": hist.get("start"), "loss_terms": hist.get("loss_terms"),
-             "regulariser": hist.get("regulariser"), "figure_data": _figure_files(run.name)}
+             "regulariser": hist.get("regulariser"), "tokenizer_updates": hist.get("tokenizer_updates"),
+             "figure_data": _figure_files(run.name)}
     E.finite_or_raise(entry, f"priors.{run.name}")
     return entry
 
@@ -192,14 +236,14 @@ def _write_figure_data(folder: Path, name: str, data: dict) -> None:
 
 def summary(results: dict) -> str:
     """A plain-text table of the headline numbers."""
-    lines = [f"{'prior':<10} {'status':<8} {'rFID':>8} {'PSNR':>6} {'gFID (mean +- std)':>22} {'DM score after':>15}"]
+    lines = [f"{'prior':<10} {'status':<8} {'rFID':>8} {'PSNR':>6} {'gFID (mean +- std)':>22} {'q(z) -> p_r':>15}"]
     for name, r in results["priors"].items():
         if r.get("status") != "ok":
             lines.append(f"{name:<10} {r.get('status', '?'):<8} {r.get('reason', '')}")
             continue
-        g, dm = r["gfid"], r["dm_score"].get("after")
-        after = f"{dm['sliced_w2']:.4f}" if dm else "-"
+        g, m = r["gfid"], r.get("matching")
+        after = ("reached" if m["reached_all"] else "NOT reached") if m else "-"
         lines.append(f"{name:<10} ok       {r['rfid']:8.2f} {r['psnr']:6.2f} "
                      f"{g['mean']:12.2f} +- {g['std']:6.2f} {after:>15}"
-                     f"   (gFID-{g['n']} x {len(g['seeds'])} seeds)")
+                     f"   (gFID-{g['n']}, std over {g['spread']})")
     return "\n".join(lines)
