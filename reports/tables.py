@@ -194,14 +194,20 @@ def rank_agreement(results: dict) -> str:
 
 
 def gfid_resolution(results: dict, z: float = 2.0) -> Table:
-    """Neighbours in our gFID order, and whether their gap exceeds z times the combined seed std."""
+    """Every pair in our gFID order, and whether its gap exceeds z times the combined std."""
     ok = sorted(ok_priors(results).items(), key=lambda kv: kv[1]["gfid"]["mean"])
     t = Table("Which gFID differences exceed the noise", ["pair (better first)", "gap", "combined std",
                                                           f"resolved (gap > {z:g} x std)"])
-    for (a, ra), (b, rb) in zip(ok, ok[1:]):
-        gap = rb["gfid"]["mean"] - ra["gfid"]["mean"]
-        sd = math.hypot(ra["gfid"]["std"], rb["gfid"]["std"])
-        t.add([f"{a} < {b}", fmt(gap), fmt(sd), "yes" if gap > z * sd else "no"])
+    for i, (a, ra) in enumerate(ok):
+        for b, rb in ok[i + 1:]:
+            gap = rb["gfid"]["mean"] - ra["gfid"]["mean"]
+            sd = math.hypot(ra["gfid"]["std"], rb["gfid"]["std"])
+            t.add([f"{a} < {b}", fmt(gap), fmt(sd), "yes" if gap > z * sd else "no"])
+    if len(ok) >= 2:
+        (best, rb), (worst, rw) = ok[0], ok[-1]
+        gap, big = rw["gfid"]["mean"] - rb["gfid"]["mean"], max(rb["gfid"]["std"], rw["gfid"]["std"])
+        t.notes.append(f"Best ({best}) vs worst ({worst}): gap {fmt(gap)} vs twice the larger std {fmt(2 * big)}: "
+                       f"{'resolved' if gap > 2 * big else 'NOT resolved'}.")
     kinds = {r["gfid"].get("spread", "sampling seeds") for _, r in ok}
     if kinds == {"training seeds"}:
         t.notes.append("The std is over training seeds (each a full re-training of teacher, encoder start, DM "

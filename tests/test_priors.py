@@ -102,6 +102,23 @@ def test_every_registered_prior(name, data, shared_cache):
     prov = p.provenance()
     assert prov["info"]["name"] == name
     assert prov.get("feature_source", prov.get("source")) in ("local", "analytic")
+    # the encoder start (bench/dmvae/start.py) distils reference_latents where the prior has an image encoder
+    x = data.train.images[:4]
+    if p.has_image_encoder:
+        ref = p.reference_latents(x)
+        assert ref.shape == (4, 4, 4, 4) and torch.isfinite(ref).all()
+        assert torch.equal(ref, p.reference_latents(x))  # a frozen encoder: the same latents every call
+    else:
+        with pytest.raises(NotImplementedError, match="no image encoder"):
+            p.reference_latents(x)
+
+
+def test_which_priors_have_an_image_encoder():
+    """Section 3.3: the feature and autoencoder priors start the DM stage from their reference encoder;
+    the analytic priors and text (latents from captions) from a plain AE."""
+    has = {name: get_prior(name).has_image_encoder for name in priors.available()}
+    assert has == {"gaussian": False, "gmm": False, "text": False, "dino": True, "resnet": True,
+                   "subdino": True, "noise": True, "vae": True}
 
 
 def test_cli_priors_list_and_check(capsys, tmp_path):

@@ -56,7 +56,14 @@ def silhouette(latents, labels, seed: int = 0, n: int = SETTINGS["silhouette_n"]
 
 
 def structure_metrics(latents, labels, seed: int = 0) -> dict:
-    """kNN accuracy, linear-probe accuracy and silhouette, with the settings that produced them."""
+    """kNN accuracy, linear-probe accuracy and silhouette, with the settings that produced them.
+
+    With a single class (e.g. the subdino prior's reference latents) class structure is undefined:
+    the three values are None, with a note, instead of a trivial 1.0 or a solver error.
+    """
+    if len(torch.unique(torch.as_tensor(labels))) < 2:
+        return {"knn_accuracy": None, "linear_probe_accuracy": None, "silhouette": None, "n": len(latents),
+                "seed": seed, "note": "one class only: class structure is undefined", "settings": dict(SETTINGS)}
     return {"knn_accuracy": knn_class_accuracy(latents, labels, seed),
             "linear_probe_accuracy": linear_probe(latents, labels, seed),
             "silhouette": silhouette(latents, labels, seed), "n": len(latents), "seed": seed,
