@@ -149,6 +149,14 @@ def test_structure_metrics_on_separable_clusters():
     assert out["silhouette"] > 0.5 and out["settings"]["silhouette_metric"] == "cosine"
 
 
+def test_structure_metrics_of_one_class_are_undefined():
+    """subdino's reference latents can be a single class: None with a note, not 1.0 or a solver error."""
+    x, _ = clusters()
+    out = S.structure_metrics(x.view(len(x), 4, 4), torch.zeros(len(x), dtype=torch.long), seed=0)
+    assert out["knn_accuracy"] is None and out["linear_probe_accuracy"] is None and out["silhouette"] is None
+    assert "one class" in out["note"] and out["n"] == len(x)
+
+
 def test_tsne_is_deterministic_for_a_seed(monkeypatch):
     monkeypatch.setitem(S.SETTINGS, "tsne_max_iter", 300)  # the shortest sklearn allows; keeps the test fast
     # Overlapping classes: Barnes-Hut t-SNE crawls on tiny, far-apart clusters.

@@ -166,6 +166,8 @@ def test_table1_golden(study):
     # our gFID order dino < gaussian < vae; the paper's DINO 13.1 < Gaussian 26.6 < VAE 27.3: tau = +1
     assert "Kendall tau-b = +1.00 over 3 priors" in md
     assert "dino < gaussian | 15.00 | 1.80 | yes" in md and "gaussian < vae | 10.00 | 1.12 | yes" in md
+    assert "dino < vae | 25.00 | 1.58 | yes" in md  # every pair, not only neighbours
+    assert "Best (dino) vs worst (vae): gap 25.00 vs twice the larger std 3.00: resolved." in md
     assert "The std is over sampling seeds with one trained model per prior" in md
     # every table is well formed: the same number of cells in every row
     for t in _tables(md):

@@ -290,7 +290,8 @@ def test_torchrun_two_processes_give_the_same_metrics(study, cache, tmp_path):
     426.46, gFID 497.07 vs 497.11; vae rFID equal to 4 decimals, gFID 473.44 vs 473.43.
     """
     out, _, first, _ = study
-    shutil.copytree(out / "stages" / "gaussian", tmp_path / "eval" / "stages" / "gaussian")
+    for d in ("_shared", "gaussian"):  # evaluation reads the encoder start too (matching "before")
+        shutil.copytree(out / "stages" / d, tmp_path / "eval" / "stages" / d)
     _torchrun(["--priors", "gaussian", "--out", str(tmp_path / "eval"), "--force", "evaluate"], cache)
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert res["meta"]["world_size"] == 2 and "evaluate" not in res["priors"]["gaussian"]["cached"]
