@@ -108,7 +108,8 @@ def table1(results: dict) -> Table:
         for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (9, r["kid"]["mean"]),
                      (10, s["knn_accuracy"]), (11, s["linear_probe_accuracy"]), (12, s["silhouette"])):
             vals[c][i] = v
-    for c, higher, digits in ((6, False, 2), (9, False, 4), (10, True, 3), (11, True, 3), (12, True, 3)):
+    for c, higher, digits in ((3, False, 2), (4, True, 2), (5, True, 3), (6, False, 2), (9, False, 4), (10, True, 3),
+                              (11, True, 3), (12, True, 3)):
         t.mark_best(c, vals[c], higher, digits)
     floor = results["meta"].get("floors", {}).get("fid_real_vs_real")
     if floor:
@@ -116,7 +117,7 @@ def table1(results: dict) -> Table:
                        f"give FID {fmt(floor['value'])}; no generator can be expected below it at gFID-{_k(gfid_n)}.")
     t.notes.append("rFID, PSNR and SSIM are means over the training seeds (± their std); the structure columns "
                    "(kNN, probe, silhouette) are the first training seed's DMVAE latents of held-out images.")
-    t.notes.append("q(z) reached p_r: " + _rule(results, "matching") + " A row marked 'no' does not measure its "
+    t.notes.append("q(z) reached p_r: " + _rule(results, "matching") + " A row marked 'NO' does not measure its "
                    "prior's latent space: its q(z) is somewhere between the encoder start and p_r.")
     t.notes.append("generator converged: " + _rule(results, "converged"))
     t.notes.append("Reported: " + paper.CAVEAT)

@@ -294,10 +294,6 @@ MOVE = DMVAEConfig(steps=150, batch=16, lr=1e-3, fake_lr=3e-3, warmup=5, ema_dec
                    probe_n=128, tokenizer=TOK, log_every=0)
 
 
-@pytest.mark.xfail(strict=True, reason="bench/dmvae/dm_stage.py records loss_terms['gan'] as "
-                   "`gan and steps > gan_start`, but D steps only on tokenizer turns (i % dm_every == 0) with "
-                   "i >= gan_start: here turns 0, 5 and gan_start 6 < steps 9, so the GAN never ran yet is "
-                   "recorded as used. Remove this marker once the record counts turns >= gan_start.")
 def test_gan_is_recorded_as_used_only_if_a_turn_reached_gan_start(monkeypatch, data, prior, teacher, start):
     s_real, norm, _ = teacher
     log, made = _recording_adamw(monkeypatch)

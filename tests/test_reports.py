@@ -182,9 +182,6 @@ def test_table1_marks_the_best_generation_and_structure_cells(study):
     assert not {c for c in _bold(table1) if c[1] in (7, 8, 11, 12)}  # yes/NO cells; equal values
 
 
-@pytest.mark.xfail(strict=True, reason="reports/tables.py table1 (since 530968a) collects the rFID/PSNR/SSIM "
-                   "values (columns 3-5) but no longer calls mark_best on them, although the module docstring "
-                   "says best is marked for lower rFID and higher PSNR/SSIM; remove this marker once fixed")
 def test_table1_marks_the_best_reconstruction_cells(study):
     table1 = _table(build_report(study)[0].read_text(), "prior", "paper row")
     assert {("vae", 3), ("vae", 4)} <= _bold(table1)  # vae: lowest rFID 25.00, highest PSNR 22.00

@@ -152,10 +152,6 @@ def test_rerun_skips_every_stage_and_gives_identical_numbers(study, cache, monke
     assert set(again["priors"]["gaussian"]["cached"]) >= {"evaluate"}
 
 
-@pytest.mark.xfail(strict=True, reason="bench/study/runner.py Context.floors (since 530968a) runs "
-                   "fid.inception_features on eval.gfid_n train images on EVERY run, uncached (fid.reference "
-                   "caches by content; the floor does not), so a cached re-run is no longer Inception-free "
-                   "(cpu preset: 500 images). Remove this marker once the floor is cached.")
 def test_cached_rerun_runs_no_inception(study, cache, monkeypatch):
     out, _, _, _ = study
     assert _cached_rerun(out, cache, monkeypatch) == []

@@ -182,7 +182,8 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
     seconds = time.time() - t0
     enc, dec = tok.finished()
     terms = tok.recon.loss_terms()
-    terms["gan"] = terms["gan"] and cfg.steps > cfg.tokenizer.gan_start  # did it actually run
+    # did it actually run: D steps only on tokenizer turns at or after gan_start
+    terms["gan"] = terms["gan"] and any(i >= cfg.tokenizer.gan_start for i in range(0, cfg.steps, cfg.dm_every))
     history = {"stage": "DM", "losses": rows, "curve": curve, "loss_terms": terms, "start": start.record,
                "config": asdict(cfg), "seconds": seconds, "resumed_from": first,
                "img_per_s": (cfg.steps - first) * cfg.batch / max(seconds, 1e-9),

@@ -305,6 +305,8 @@ class PriorRun:
             # Rank 0 evaluates alone (samples are seeded per index, so the numbers do not depend on
             # the world size); the other ranks wait and read its record.
             self.prior, self.tokenizer, self.generator  # noqa: B018  (collective: barriers inside)
+            if not self.baseline:  # matching() reads the teacher and the start: load (or train) them on every rank
+                self.teacher, self.start  # noqa: B018
             try:
                 if D.rank() == 0:
                     self._stage("evaluate", compute, collective=False)

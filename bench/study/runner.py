@@ -85,7 +85,7 @@ class Context:
         if D.rank() != 0:
             return None
         x, _ = E.held_out(self.data.train, min(ev.gfid_n, len(self.data.train)), self.cfg.seed + 3)
-        feats = fid.inception_features(x, ev.batch, self.cache)
+        feats = fid.reference(x, self.cache, ev.batch)["features"]  # cached by content, like the reference
         return {"fid_real_vs_real": {"value": fid.fid_against_reference(feats, self.reference), "n": len(x),
                                      "images": "class-balanced train images vs the held-out reference statistics",
                                      "compare_with": f"gFID-{ev.gfid_n} (same N); rFID uses N = {ev.ref_n}"}}
