@@ -112,7 +112,7 @@ def test_precision_recall_same_and_collapsed():
     assert FID.precision_recall(real, collapsed, k=3, chunk=7) == pr  # chunking changes nothing
 
 
-# --- DM score (distribution) -----------------------------------------------------------------
+# --- distances (distribution) ------------------------------------------------------------------
 
 def test_mmd_and_sliced_w2_zero_for_same_larger_for_shifted():
     ref, same, shifted = gaussian(300, 32, seed=1).view(300, 4, 8), gaussian(300, 32, seed=2), \
@@ -133,11 +133,6 @@ def test_sliced_w2_exact_in_1d_and_for_equal_sizes():
     assert D.sliced_w2(a, b, n_projections=3) == pytest.approx(float(w2), rel=1e-12)
     # Unequal sizes: a sample against its own duplicate is the same distribution.
     assert D.sliced_w2(a, torch.cat([a, a])) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_dm_score_records_settings():
-    out = D.dm_score(gaussian(50, 6, seed=1), gaussian(60, 6, seed=2), seed=3)
-    assert {"mmd2", "sliced_w2", "bandwidth", "settings"} <= out.keys() and out["n"] == 60
 
 
 # --- latent structure ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""DM score: how far a latent set is from the reference distribution p_r, in the flattened latent space.
+"""Distances between latent sets in the flattened latent space (the primitives of matching.py).
 
 - mmd2: unbiased MMD^2 with a Gaussian kernel k(a, b) = exp(-||a - b||^2 / (2 s^2)); s is the
   median pairwise distance of a fixed-seed subsample of the *reference* set, so every model scored
@@ -77,10 +77,3 @@ def sliced_w2(ref, x, n_projections: int = SETTINGS["n_projections"], seed: int 
     dirs = _directions(r.shape[1], n_projections, seed)
     proj = [torch.cat([f[i:i + chunk] @ dirs for i in range(0, len(f), chunk)]).sort(0).values for f in (r, y)]
     return float(_w2_sq_1d(*proj).mean().sqrt())
-
-
-def dm_score(ref, x, seed: int = 0) -> dict:
-    """MMD^2 and sliced W2 of latents x against reference latents, with their settings."""
-    s = median_bandwidth(ref, seed)
-    return {"mmd2": mmd2(ref, x, bandwidth=s, seed=seed), "sliced_w2": sliced_w2(ref, x, seed=seed),
-            "bandwidth": s, "n_ref": len(ref), "n": len(x), "seed": seed, "settings": dict(SETTINGS)}
