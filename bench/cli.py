@@ -175,11 +175,18 @@ def _toy2d(argv) -> int:
 def _report(argv) -> int:
     p = _Parser(prog="run_all.py report", description="Re-render report.md and report.html from "
                 "an output folder's results.json (and its ablate/ and toy2d/ subfolders), without "
-                "recomputing anything and without torch.")
-    p.add_argument("dir", help="the --out folder of a study run")
+                "recomputing anything and without torch. With run folders after it, first merge them into "
+                "that folder: training seeds of the same prior and config are pooled, differing configs are "
+                "shown side by side (reports/merge.py).")
+    p.add_argument("dir", help="the --out folder of a study run; or, with RUN_DIRs, the merged report's folder")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="study run folders to merge into DIR")
     args = p.parse_args(argv)
     from reports import build_report
 
+    if args.runs:
+        from reports.merge import write_merged
+
+        print(f"merged: {write_merged(Path(args.dir), [Path(r) for r in args.runs])}")
     md, page = build_report(Path(args.dir))
     print(f"report: {md}\nreport: {page}")
     return 0

@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import torch
 
@@ -429,3 +430,94 @@ def test_aggregate_one_training_seed_keeps_the_sampling_spread():
     assert all(row["spread"][k] is None for k in ("rfid", "psnr", "ssim", "gfid"))
     assert row["matching"] is None and row["converged"] == {"all": False, "rule": "converged if ...",
                                                           "per_training_seed": {"0": None}}
+
+
+# ------------------------------------------------------------------ results as data, merged runs
+def _md_tables_before(md: str, heading: str = "## Provenance") -> list[list[str]]:
+    """The Markdown tables of a report up to a heading (the run line, wall times and provenance differ
+    between a merged and a single run by construction; the tables are what must agree)."""
+    body = md.split(heading)[0]
+    tables, cur = [], []
+    for line in body.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            tables.append(cur)
+            cur = []
+    return tables + ([cur] if cur else [])
+
+
+def _single_runs(study, tmp_path, cache, groups):
+    """Study runs of the fixture's priors in separate folders, from copies of its stages (no training)."""
+    out = study[0]
+    dirs = []
+    for i, priors in enumerate(groups):
+        d = tmp_path / f"run{i}"
+        shutil.copytree(out / "stages", d / "stages")
+        assert main([*FAST, "--priors", priors, "--out", str(d), "--cache-dir", cache]) == 0
+        dirs.append(d)
+    return dirs
+
+
+def test_results_csv_and_load_results_have_the_documented_columns(study):
+    from reports import load_results
+    from reports.data import COLUMNS, METRIC_INDEX
+
+    out, _, res, _ = study
+    frame = load_results(out)
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["prior"]) == {"gaussian", "gmm", "vae"} and set(frame["training_seed"]) == {0}
+    g = frame[(frame.prior == "gaussian") & (frame.metric == "gfid")].iloc[0]
+    assert g.value == res["priors"]["gaussian"]["gfid"]["mean"] and g.n == 10 and g.sampling_seeds == "0 1"
+    assert not g.higher_is_better and g.config_hash == res["meta"]["config_hash"]
+    assert frame[frame.metric == "psnr"].higher_is_better.all()
+    assert frame[(frame.prior == "vae") & frame.metric.str.startswith("mmd2")].empty  # no DM stage: no rows
+    assert set(frame.metric) <= set(METRIC_INDEX)
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.columns) == COLUMNS and len(csv) == len(frame)
+
+
+def test_merged_report_of_single_prior_runs_equals_the_two_prior_run(study, cache, tmp_path):
+    a, b = _single_runs(study, tmp_path, cache, ["gaussian", "gmm"])
+    both = _single_runs(study, tmp_path / "both", cache, ["gaussian,gmm"])[0]
+    merged = tmp_path / "merged"
+    assert main(["report", str(merged), str(a), str(b)]) == 0
+    got, want = ((d / "report.md").read_text() for d in (merged, both))
+    assert _md_tables_before(got) == _md_tables_before(want) and len(_md_tables_before(want)) >= 5
+    res = json.loads((merged / "results.json").read_text())
+    assert [m["priors"] for m in res["meta"]["merged_from"]] == [["gaussian"], ["gmm"]]
+    assert (merged / "results.csv").is_file() and (merged / "figure_data" / "tsne_gaussian.json").is_file()
+
+
+def test_merge_pools_training_seeds_and_labels_differing_configs(study, cache, tmp_path):
+    from reports.merge import merge_runs
+
+    a, = _single_runs(study, tmp_path, cache, ["gaussian"])
+    seed1 = json.loads((a / "results.json").read_text())  # a second training seed, as another run wrote it
+    e = seed1["priors"]["gaussian"]["per_training_seed"].pop("0")
+    e = {**e, "training_seed": 1, "rfid": e["rfid"] + 2.0, "gfid": {**e["gfid"], "mean": e["gfid"]["mean"] + 4.0}}
+    seed1["priors"]["gaussian"]["per_training_seed"] = {"1": e}
+    seed1["meta"]["config"]["training_seeds"] = [1]
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s1" / "results.json").write_text(json.dumps(seed1))
+    res, _ = merge_runs([a, tmp_path / "s1"])
+    row = res["priors"]["gaussian"]
+    assert sorted(row["per_training_seed"]) == ["0", "1"] and row["gfid"]["training_std"] > 2.0
+    other = json.loads((a / "results.json").read_text())
+    other["meta"]["config"]["dmvae"]["steps"] = 99  # a different DM budget: shown beside, never pooled
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(other))
+    res, _ = merge_runs([a, tmp_path / "other"])
+    assert sorted(res["priors"]) == ["gaussian [dmvae.steps=40]", "gaussian [dmvae.steps=99]"]
+
+
+def test_merging_runs_with_different_n_is_refused(study, cache, tmp_path, capsys):
+    a, = _single_runs(study, tmp_path, cache, ["gaussian"])
+    other = json.loads((a / "results.json").read_text())
+    other["meta"]["config"]["eval"]["gfid_n"] = 20
+    (tmp_path / "n20").mkdir()
+    (tmp_path / "n20" / "results.json").write_text(json.dumps(other))
+    assert main(["report", str(tmp_path / "merged"), str(a), str(tmp_path / "n20")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.gfid_n" in err and "do not compare" in err and "Traceback" not in err
+    assert not (tmp_path / "merged" / "results.json").exists()

@@ -49,3 +49,18 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
     else:
         out["matching"] = None
     return out
+
+
+def finish_prior(entry: dict) -> None:
+    """Status and the aggregate over the training seeds that finished (bench/study/aggregate.py)."""
+    done, failed = entry["per_training_seed"], entry.get("failed_training_seeds", {})
+    if not done:
+        entry.update(status="failed", reason="; ".join(f"training seed {s}: {r}" for s, r in failed.items()))
+        return
+    timings: dict = {}
+    for s, e in done.items():
+        for stage, sec in e["timings"].items():  # the prior itself is shared by the seeds: counted once
+            timings[stage] = sec if stage == "prior" else timings.get(stage, 0.0) + sec
+    entry.update(aggregate(done), status="ok", timings=timings)
+    if failed:
+        entry["note"] = f"training seeds {', '.join(failed)} failed; the row aggregates the others"

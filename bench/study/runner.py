@@ -12,6 +12,7 @@ results.json (SCHEMA_VERSION):
         gfid {mean, std, spread, training_std, sampling_std, n, seeds, training_seeds}, kid, converged {all},
         matching {reached_all, before/after/floor/teacher_samples means}, timings {stage: own seconds, summed},
         and the first seed's structure, convergence, figure_data {tsne, recon_grid, sample_grid} (files)
+results.csv beside it: the same numbers as tidy rows, one per (prior, training seed, metric) (reports/data.py).
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
 reason and the others go on; no number that was not measured is written.
 """
@@ -34,7 +35,8 @@ from bench.errors import UserError
 from bench.io import atomic_write_json, atomic_write_png, environment
 from bench.metrics import fid
 from bench.study import evaluate as E
-from bench.study.aggregate import aggregate
+from bench.study.aggregate import finish_prior
+from reports.data import write_csv
 from bench.study.config import StudyConfig
 from bench.study.pipeline import PriorRun
 from bench.study.stages import StageStore
@@ -109,6 +111,7 @@ class Context:
         if D.rank() == 0:
             self.results["meta"]["wall_s"] = time.time() - self.started
             atomic_write_json(self.out / "results.json", self.results)
+            write_csv(self.results, self.out / "results.csv")  # the same numbers as tidy rows (reports/data.py)
 
 
 def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict) -> dict:
@@ -175,27 +178,12 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
                 print(f"[{name} seed {s}] FAILED{f' on rank {D.rank()}' if D.world_size() > 1 else ''}: {reason}",
                       flush=True)
             ctx.write()
-        _finish_prior(entry)
+        finish_prior(entry)
         entry["wall_s"] = time.time() - t0
         ctx.write()
     D.barrier()
     log("\n" + summary(results))
     return results
-
-
-def _finish_prior(entry: dict) -> None:
-    """Status and the aggregate over the training seeds that finished (bench/study/aggregate.py)."""
-    done, failed = entry["per_training_seed"], entry.get("failed_training_seeds", {})
-    if not done:
-        entry.update(status="failed", reason="; ".join(f"training seed {s}: {r}" for s, r in failed.items()))
-        return
-    timings: dict = {}
-    for s, e in done.items():
-        for stage, sec in e["timings"].items():  # the prior itself is shared by the seeds: counted once
-            timings[stage] = sec if stage == "prior" else timings.get(stage, 0.0) + sec
-    entry.update(aggregate(done), status="ok", timings=timings)
-    if failed:
-        entry["note"] = f"training seeds {', '.join(failed)} failed; the row aggregates the others"
 
 
 def _prior_entry(run: PriorRun, record: dict) -> dict:

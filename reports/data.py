@@ -1,0 +1,135 @@
+"""Results as data: one tidy row per (run, prior, training seed, metric), for notebooks and for the report.
+
+    frame = load_results("runs/a", "runs/b")          # a pandas.DataFrame, columns COLUMNS
+    frame.pivot_table(index="prior", columns="metric", values="value", aggfunc="mean")
+
+Every study run also writes this table as <out>/results.csv beside results.json (bench/study/runner.py).
+A row is one measured number of one training seed: `value` is the number, `std` its sampling
+spread where one exists (gFID, KID, precision/recall: sample std over the sampling seeds), `n` the
+sample size it was measured at, `sampling_seeds` the generator seeds it averages. Metrics a prior
+does not have (the vae row has no matching statistics) have no row: nothing is filled in.
+No torch here, like the rest of reports/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+COLUMNS = ["run", "ablation", "prior", "training_seed", "metric", "value", "std", "n", "sampling_seeds",
+           "higher_is_better", "config_hash", "commit"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of Table 1 and friends: where it sits in a training seed's entry and which way is better."""
+
+    name: str
+    higher_is_better: bool | None  # None: not a score (a floor, a rate of change)
+    get: Callable[[dict], tuple]   # entry -> (value, std, n, sampling seeds) or None when absent
+    description: str
+
+
+def _dig(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
+def _recon(key):
+    return lambda e: None if e.get(key) is None else (e[key], None, e.get("rfid_n"), None)
+
+
+def _sampled(*path, n="gfid_n"):
+    def get(e):
+        d = _dig(e, *path)
+        if d is None:
+            return None
+        seeds = _dig(e, "gfid", "seeds")
+        return d["mean"], d.get("std"), e.get(n), " ".join(map(str, seeds)) if seeds else None
+    return get
+
+
+def _structure(key):
+    return lambda e: None if _dig(e, "structure", "dmvae", key) is None else (
+        e["structure"]["dmvae"][key], None, _dig(e, "structure", "dmvae", "n"), None)
+
+
+def _matching(which, stat):
+    return lambda e: None if _dig(e, "matching", which, stat) is None else (
+        e["matching"][which][stat], None, None, None)
+
+
+def _flag(*path):
+    return lambda e: None if _dig(e, *path) is None else (float(bool(_dig(e, *path))), None, None, None)
+
+
+METRICS = [
+    Metric("rfid", False, _recon("rfid"), "rFID-N of the tokenizer's reconstructions of N held-out images"),
+    Metric("psnr", True, _recon("psnr"), "mean per-image PSNR of the reconstructions (dB)"),
+    Metric("ssim", True, _recon("ssim"), "mean SSIM of the reconstructions"),
+    Metric("gfid", False, _sampled("gfid"), "gFID-N; std over the sampling seeds"),
+    Metric("kid", False, _sampled("kid"), "KID on the gFID samples; std over the sampling seeds"),
+    Metric("precision", True, _sampled("precision_recall", "precision"), "precision (k = 3) of the gFID samples"),
+    Metric("recall", True, _sampled("precision_recall", "recall"), "recall (k = 3) of the gFID samples"),
+    Metric("knn_accuracy", True, _structure("knn_accuracy"), "kNN class accuracy of the DMVAE latents"),
+    Metric("linear_probe_accuracy", True, _structure("linear_probe_accuracy"),
+           "linear-probe class accuracy of the DMVAE latents"),
+    Metric("silhouette", True, _structure("silhouette"), "class silhouette of the DMVAE latents"),
+    *[Metric(f"{stat}_{which}", None if which in ("floor", "before") else False, _matching(which, stat),
+             f"{stat} of the {label} against p_r")
+      for which, label in (("before", "start encoder's latents"), ("after", "final encoder's latents"),
+                           ("floor", "second p_r draw (the statistic's floor)"),
+                           ("teacher_samples", "teacher S_real's samples"))
+      for stat in ("mmd2", "sliced_w2", "c2st_acc")],
+    Metric("reached_prior", True, _flag("matching", "reached"), "1 if q(z) reached p_r by the matching rule"),
+    Metric("generator_converged", True, _flag("converged", "converged"),
+           "1 if the generator met the convergence rule"),
+]
+METRIC_INDEX = {m.name: m for m in METRICS}
+
+
+def tidy(results: dict, run: str = ".", ablation: str = "") -> pd.DataFrame:
+    """The tidy rows of one results.json dict (its finished training seeds)."""
+    meta = results.get("meta", {})
+    rows = []
+    for prior, entry in results.get("priors", {}).items():
+        for seed, e in sorted((entry.get("per_training_seed") or {}).items(), key=lambda kv: int(kv[0])):
+            if e.get("status", "ok") != "ok":
+                continue
+            for m in METRICS:
+                got = m.get(e)
+                if got is None:
+                    continue
+                value, std, n, seeds = got
+                rows.append([run, ablation, prior, int(seed), m.name, float(value),
+                             None if std is None else float(std), n, seeds, m.higher_is_better,
+                             meta.get("config_hash"), meta.get("git_commit")])
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({"training_seed": "int64", "value": "float64", "std": "float64", "n": "Int64"})
+
+
+def load_results(*dirs) -> pd.DataFrame:
+    """One tidy frame from study folders: each folder's results.json and its ablations' (ablate/KEY=V/)."""
+    from reports.results import load_study  # reads and checks the schema, with clear errors
+
+    frames = []
+    for d in dirs:
+        study = load_study(Path(d))
+        if study.results is not None:
+            frames.append(tidy(study.results, str(d)))
+        for tag, res in study.ablations.items():
+            frames.append(tidy(res, str(d), ablation=tag))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def write_csv(results: dict, path: Path) -> Path:
+    """<out>/results.csv: the tidy rows of a results dict (run = the folder itself, '.')."""
+    from bench.io import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), tidy(results).to_csv(index=False).encode("utf-8"))
+    return Path(path)
