@@ -71,6 +71,16 @@ def _study(argv) -> int:
                    help="run the study once per value of one setting (shared stage outputs), into "
                         "<out>/ablate/KEY=V/")
     _add_prior_args(p, size=False, defaults=False)
+    g = p.add_argument_group("cluster", "one job per prior and training seed, merged afterwards (bench/launch.py)")
+    g.add_argument("--launcher", choices=("none", "submitit"), default="none",
+                   help="submitit: submit one job per prior x training seed (SLURM, or local processes)")
+    g.add_argument("--slurm-cluster", default="auto", help="auto (SLURM when found) | slurm | local")
+    g.add_argument("--slurm-partition", help="SLURM partition")
+    g.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job (its ranks)")
+    g.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job (preempted or out of "
+                   "time: requeued, and it resumes)")
+    g.add_argument("--slurm-mem", type=int, help="GB of memory per job")
+    g.add_argument("--slurm-cpus", type=int, help="CPUs per task")
     args = p.parse_args(argv)
     from bench.config import resolve, to_dict
     from bench.study.config import StudyConfig
@@ -102,6 +112,8 @@ def _study(argv) -> int:
         shown = {tag or "config": to_dict(cfg) for tag, cfg in cfgs}
         print(json.dumps(shown["config"] if len(shown) == 1 else shown, indent=2))
         return 0
+    if args.launcher == "submitit":
+        return _launch(args, priors, cfgs)
     if args.preset == "paper":
         print("note: the paper preset needs ImageNet-256 (--data-root) and an accelerator cluster; it is "
               "not trainable on a CPU machine.")
@@ -170,6 +182,26 @@ def _toy2d(argv) -> int:
     result = run_toy(cfg, out)
     failed = [k for k, v in result["objectives"].items() if v.get("status") != "ok"]
     return 1 if failed and len(failed) == len(result["objectives"]) else 0
+
+
+def _launch(args, priors: list[str], cfgs) -> int:
+    """--launcher submitit: the same study as one job per prior and training seed (bench/launch.py)."""
+    from bench.launch import JobSettings, launch
+    from bench.runlock import RunLock
+
+    if args.ablate:
+        raise UserError("--launcher submitit does not take --ablate; launch one sweep per value with "
+                        "--set KEY=V and merge them with 'run_all.py report OUT RUN_DIR ...'.")
+    base = ["--preset", args.preset, *(["--config", args.config] if args.config else [])]
+    base += [a for s in args.set for a in ("--set", s)] + [a for f in args.force for a in ("--force", f)]
+    for flag in ("dataset", "data_root", "resolution", "limit", "features", "weights_dir", "cache_dir", "seed"):
+        if getattr(args, flag) is not None:
+            base += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    settings = JobSettings(cluster=args.slurm_cluster, partition=args.slurm_partition, gpus=args.slurm_gpus,
+                           time_min=args.slurm_time, mem_gb=args.slurm_mem, cpus_per_task=args.slurm_cpus)
+    out = _writable(Path(args.out))
+    with RunLock(out):
+        return launch(base, priors, cfgs[0][1].training_seeds, out, settings)
 
 
 def _report(argv) -> int:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from reports import paper
+from reports.data import METRIC_INDEX
 
 
 @dataclass
@@ -108,9 +109,9 @@ def table1(results: dict) -> Table:
         for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (9, r["kid"]["mean"]),
                      (10, s["knn_accuracy"]), (11, s["linear_probe_accuracy"]), (12, s["silhouette"])):
             vals[c][i] = v
-    for c, higher, digits in ((3, False, 2), (4, True, 2), (5, True, 3), (6, False, 2), (9, False, 4), (10, True, 3),
-                              (11, True, 3), (12, True, 3)):
-        t.mark_best(c, vals[c], higher, digits)
+    for c, metric, digits in ((3, "rfid", 2), (4, "psnr", 2), (5, "ssim", 3), (6, "gfid", 2), (9, "kid", 4),
+                              (10, "knn_accuracy", 3), (11, "linear_probe_accuracy", 3), (12, "silhouette", 3)):
+        t.mark_best(c, vals[c], METRIC_INDEX[metric].higher_is_better, digits)  # directions: reports/data.py
     floor = results["meta"].get("floors", {}).get("fid_real_vs_real")
     if floor:
         t.notes.append(f"Floor of FID at this N: {floor['n']} real train images against the held-out reference "

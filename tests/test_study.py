@@ -521,3 +521,22 @@ def test_merging_runs_with_different_n_is_refused(study, cache, tmp_path, capsys
     err = capsys.readouterr().err
     assert "eval.gfid_n" in err and "do not compare" in err and "Traceback" not in err
     assert not (tmp_path / "merged" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_submitit_local_jobs_merge_to_the_numbers_of_one_run(study, cache, tmp_path):
+    """--launcher submitit with the local executor: one job per prior (processes), merged into one study."""
+    pytest.importorskip("submitit")
+    from bench.launch import job_dir
+
+    out = tmp_path / "launched"
+    for prior in ("gaussian", "gmm"):  # the jobs find the fixture's finished stages: they only load and report
+        shutil.copytree(study[0] / "stages", job_dir(out, prior, 0) / "stages")
+    assert main([*FAST, "--priors", "gaussian,gmm", "--out", str(out), "--cache-dir", cache,
+                 "--launcher", "submitit", "--slurm-cluster", "local"]) == 0
+    launched = json.loads((out / "jobs" / "launch.json").read_text())
+    assert [(j["prior"], j["training_seed"]) for j in launched["jobs"]] == [("gaussian", 0), ("gmm", 0)]
+    assert launched["exit_codes"] == [0, 0]
+    both = _single_runs(study, tmp_path / "both", cache, ["gaussian,gmm"])[0]
+    got, want = ((d / "report.md").read_text() for d in (out, both))
+    assert _md_tables_before(got) == _md_tables_before(want)
