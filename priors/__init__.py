@@ -1,4 +1,4 @@
-"""Reference priors p_r(z) of the study (METHOD.md section 4), one module per family.
+"""Reference priors p_r(z) of the study (docs/method.md section 4), one module per family.
 
 Importing this package registers the built-in priors; a user's own prior is named in
 --priors as `module:Class` (a subclass of priors.base.Prior).

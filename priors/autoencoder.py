@@ -1,6 +1,6 @@
 """Priors from the suite's own KL-VAE (Table 1 rows VAE-baseline and Difftraj).
 
-No registry ships a pretrained LDM autoencoder (ASSETS.md), so both rows use the KL-VAE of
+No registry ships a pretrained LDM autoencoder (docs/assets.md), so both rows use the KL-VAE of
 bench/features/kl_vae.py, trained here on the train split and cached by content:
 - vae:   its latents (posterior means) over the train set: the baseline without distribution
          matching, whose aggregate posterior is whatever the KL-VAE learned.

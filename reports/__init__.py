@@ -3,7 +3,7 @@
     results.py  read and check a study folder (results.json, ablations, toy)
     data.py     results as data: load_results(*dirs) -> a tidy pandas frame; results.csv
     merge.py    one study from several run folders (pooled training seeds, configs side by side)
-    paper.py    the paper's reported numbers (METHOD.md section 5)
+    paper.py    the paper's reported numbers (docs/method.md section 5)
     tables.py   Table 1/2/3 style tables, structure, timings, Kendall tau
     figures.py  convergence curves, t-SNE panels, image grids, the toy figure (matplotlib)
     render.py   Markdown and self-contained HTML writers

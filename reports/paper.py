@@ -1,6 +1,6 @@
 """The paper's numbers (DMVAE, arXiv 2512.07778), shown beside ours as "reported" rows.
 
-Source: ../shared/METHOD.md section 5, which transcribes Tables 1-3 of the paper. These are facts
+Source: docs/method.md section 5, which transcribes Tables 1-3 of the paper. These are facts
 about the paper, never results of this suite: every table labels them "reported".
 """
 from __future__ import annotations

@@ -364,6 +364,6 @@ def table3(results: dict) -> Table:
                f"{fmt_params(g.get('params'))} ({g.get('size', '?')})",
                f"{mean_std(r['gfid'])} (N={gfid_n})", "not measured"])
     t.notes.append("Reported: " + paper.TABLE3_SETTING + ". " + paper.CAVEAT)
-    t.notes.append("IS is not measured by this suite: the offline Inception weights (ASSETS.md) are the FID "
+    t.notes.append("IS is not measured by this suite: the offline Inception weights (docs/assets.md) are the FID "
                    "feature network without its classifier layer, so an Inception Score cannot be computed.")
     return t

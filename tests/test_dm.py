@@ -1,4 +1,4 @@
-"""The distribution-matching gradient against its formula (METHOD.md section 2)."""
+"""The distribution-matching gradient against its formula (docs/method.md section 2)."""
 import copy
 
 import torch

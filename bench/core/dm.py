@@ -1,4 +1,4 @@
-"""The distribution-matching (DMD) update of METHOD.md section 2, step 3.
+"""The distribution-matching (DMD) update of docs/method.md section 2, step 3.
 
 Given latents z = E(x) and two frozen-for-this-step velocity nets, S_real (trained on the
 reference prior p_r) and S_fake (trained on the current q(z)), the encoder receives

@@ -1,4 +1,4 @@
-"""The training stages of one prior's DMVAE run (METHOD.md sections 2 and 3), as library functions.
+"""The training stages of one prior's DMVAE run (docs/method.md sections 2 and 3), as library functions.
 
     s_real, norm = train_teacher(prior, TEACHER_PRESETS[p])                        # teacher.py
     start = pretrain_autoencoder(images, prior.latent_shape, PRETRAIN_PRESETS[p],  # start.py

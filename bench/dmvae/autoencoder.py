@@ -1,4 +1,4 @@
-"""The DMVAE tokenizer: conv encoder/decoder, and its reconstruction loss (METHOD.md section 2.1).
+"""The DMVAE tokenizer: conv encoder/decoder, and its reconstruction loss (docs/method.md section 2.1).
 
 L_rec = L1 + l2_weight * MSE + adaptive GAN term, the GAN a hinge PatchGAN that sees both real and
 reconstructed images through the same differentiable augmentation (random flip + translation).
@@ -7,7 +7,7 @@ never runs here; `loss_terms()` records which terms ran, for the run's provenanc
 
 Adaptive GAN weight (Esser et al. 2021, as in LDM/DMVAE):
     w = disc_weight * ||grad_{W_last} L_rec|| / (||grad_{W_last} L_gan|| + 1e-4),  clamped to [0, 1e4]
-with W_last the decoder's output conv and disc_weight = 0.5 (METHOD.md).
+with W_last the decoder's output conv and disc_weight = 0.5 (docs/method.md).
 
 Architecture (widths double at each of the log2(down) halvings, capped at 4x):
     Encoder  (c, R, R) -> conv -> [ResBlock, stride-2 conv] x log2(down) -> ResBlock -> norm/SiLU/conv -> (C, h, w)
@@ -34,7 +34,7 @@ from bench.core import noise as rng
 from bench.features.kl_vae import ResBlock, _norm
 
 LPIPS_STATUS = ("unavailable: no weights (LPIPS needs torchvision's VGG16 weights, not available offline; "
-                "run without it, METHOD.md 2.1)")
+                "run without it, docs/method.md 2.1)")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TokenizerConfig:
 
     width: int = 16             # encoder/decoder channels at full resolution
     l2_weight: float = 1.0      # L1 + l2_weight * MSE
-    gan_weight: float = 0.5     # the adaptive weight's factor (METHOD.md: 0.5); 0 disables the GAN
+    gan_weight: float = 0.5     # the adaptive weight's factor (docs/method.md: 0.5); 0 disables the GAN
     gan_start: int = 0          # step from which the generator sees the GAN term and D trains
     disc_width: int = 32
     disc_layers: int = 2        # stride-2 conv layers of the PatchGAN

@@ -1,4 +1,4 @@
-"""The downstream generator (METHOD.md 3.5): a fresh class-conditional flow-matching DiT on the
+"""The downstream generator (docs/method.md 3.5): a fresh class-conditional flow-matching DiT on the
 normalised DMVAE latents of the train set, and sampling that does not depend on batch or world size.
 
 Checkpoints: EMA state dicts at fixed fractions of training (the convergence curve's x-axis is

@@ -1,4 +1,4 @@
-"""The teacher S_real: class-conditional flow matching on samples of the reference prior (METHOD.md 3.2).
+"""The teacher S_real: class-conditional flow matching on samples of the reference prior (docs/method.md 3.2).
 
 The latents are normalised first (latent_norm.py, measured on p_r samples); the returned EMA net
 and the LatentNorm belong together: S_fake and the downstream model use the same LatentNorm.
@@ -61,7 +61,7 @@ class TeacherConfig:
     lr: float = 1e-3
     warmup: int = 25
     ema_decay: float = 0.99
-    label_dropout: float = 0.1   # trains the unconditional branch for CFG (METHOD.md 3.2)
+    label_dropout: float = 0.1   # trains the unconditional branch for CFG (docs/method.md 3.2)
     grad_clip: float = 1.0
     norm_samples: int = 4096     # prior draws that measure the latent normalisation
     seed: int = 0

@@ -1,7 +1,7 @@
 """The suite's own small KL-regularised convolutional VAE (an LDM-style autoencoder).
 
 It is the network of the 'vae' baseline prior and the source of the 'noise' prior (its latents
-noised to t = 0.5), standing in for the pretrained LDM autoencoder no registry ships (ASSETS.md).
+noised to t = 0.5), standing in for the pretrained LDM autoencoder no registry ships (docs/assets.md).
 Encoder -> diagonal Gaussian posterior (mean, logvar) on an (R/down x R/down x latent_ch) grid ->
 decoder; loss L1 + mse_weight * MSE + kl_weight * KL, no perceptual or GAN term.
 """

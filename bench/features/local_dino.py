@@ -2,7 +2,7 @@
 
 DINO (Caron et al. 2021): a student and an EMA teacher see different crops of one image; the
 student's softmax over K prototypes is pulled towards the teacher's centred, sharpened softmax.
-No pretrained DINO weights ship in any registry here (ASSETS.md), so the 'dino' and 'subdino'
+No pretrained DINO weights ship in any registry here (docs/assets.md), so the 'dino' and 'subdino'
 priors default to this network. Also home of the batched tensor augmentations the local
 trainers share (torchvision's per-image transforms are far too slow for this on 2 cores).
 """

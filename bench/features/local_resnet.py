@@ -1,6 +1,6 @@
 """A small supervised ResNet trained here on the dataset's labels: the stand-in for ResNet-34.
 
-No ImageNet ResNet weights ship in any registry here (ASSETS.md), so the 'resnet' prior defaults
+No ImageNet ResNet weights ship in any registry here (docs/assets.md), so the 'resnet' prior defaults
 to this network: three stages of BasicBlocks (widths 32/64/128 by default), cross-entropy with
 light augmentation (random resized crop near full scale + horizontal flip).
 """

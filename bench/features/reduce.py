@@ -1,4 +1,4 @@
-"""Reduction of frozen features to the latent grid (METHOD.md 3.1), trained with a reconstruction objective.
+"""Reduction of frozen features to the latent grid (docs/method.md 3.1), trained with a reconstruction objective.
 
 The paper says only "a trainable per-token projector (MLP) and a decoder trained to reconstruct the
 image"; the rest is our design, recorded in every feature prior's provenance:

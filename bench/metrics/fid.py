@@ -189,7 +189,7 @@ def reference(images: torch.Tensor, cache: Cache | None = None, batch: int = 50)
 
 def evaluation_settings(n: int | None = None, reference_split: str | None = None,
                         cache: Cache | None = None) -> dict:
-    """Every convention that moves these numbers (METHOD.md section 6), for provenance."""
+    """Every convention that moves these numbers (docs/method.md section 6), for provenance."""
     return {"inception": inception.weights_record(cache), "feature": "pool3, 2048-d",
             "resize": inception.RESIZE,
             "input": "uint8; float images in [-1, 1] quantised by round((x + 1) * 127.5), grey replicated to RGB",

@@ -1,4 +1,4 @@
-"""The latent-prior study (METHOD.md sections 3 and 6): one DMVAE per prior, a downstream generator, metrics.
+"""The latent-prior study (docs/method.md sections 3 and 6): one DMVAE per prior, a downstream generator, metrics.
 
     cfg = resolve(StudyConfig, STUDY_PRESETS, "cpu", overrides=["generator.steps=2000"])  # config.py
     results = run_study(cfg, ["gaussian", "dino"], Path("runs/study"))                    # runner.py

@@ -29,7 +29,7 @@ from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation (METHOD.md section 6): every number here is recorded with the results."""
+    """Evaluation (docs/method.md section 6): every number here is recorded with the results."""
 
     ref_split: str = "test"        # held-out split: reference statistics, rFID/PSNR/SSIM, DMVAE latents
     ref_n: int = 250               # held-out images (class-balanced): reference stats and rFID-N

@@ -1,4 +1,4 @@
-"""Evaluation of one prior's run (METHOD.md 3.6 and section 6): reconstruction, generation, structure.
+"""Evaluation of one prior's run (docs/method.md 3.6 and section 6): reconstruction, generation, structure.
 
 - rFID-N, PSNR, SSIM: the DMVAE's reconstructions of N held-out images (a fixed-seed class-balanced
   subset of the held-out split) against the Inception statistics of the same images.

@@ -38,10 +38,10 @@ class ToyConfig:
     teacher_lr: float = 2e-3
     ema_decay: float = 0.995
     steps: int = 2000                 # S_fake steps per objective; points move every k-th step
-    k: int = 5                        # METHOD.md: the encoder is updated every k = 5 iterations
+    k: int = 5                        # docs/method.md: the encoder is updated every k = 5 iterations
     fake_lr: float = 1e-3
     points_lr: float = 1e-2
-    label_dropout: float = 0.1        # S_fake also learns the unconditional branch (METHOD.md 2)
+    label_dropout: float = 0.1        # S_fake also learns the unconditional branch (docs/method.md 2)
     cfg: float = 1.0                  # CFG weight applied to both nets in the DM loss
     t0: float = 0.0
     t1: float = 1.0

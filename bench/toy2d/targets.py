@@ -58,7 +58,7 @@ def _even_by_arclength(curve, m: int, dense: int = 4096) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's S-shaped target (Fig. 3), as specified in issue #2
+# The paper's S-shaped target (Fig. 3), as the paper draws it
 # ---------------------------------------------------------------------------------------------
 def _s_curve(s: torch.Tensor) -> torch.Tensor:
     x = 0.85 * torch.sin(math.pi * s)
