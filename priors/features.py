@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.cache import Cache, content_key
+from bench.cache import Cache, content_key, sha256_file
 from bench.data import dataset_fingerprint
 from bench.errors import UserError, unknown
 from bench.features import pretrained as P
@@ -88,7 +88,7 @@ class FeaturePrior(Prior):
             if path is not None:
                 spec = P.get_spec(kind)
                 return "pretrained", dict(name=spec.name, variant=P.DEFAULT_VARIANT[kind], hf_hub_id=spec.hf_hub_id,
-                                          weights_file=str(path), sha256=P.sha256_file(path), note=spec.note), None
+                                          weights_file=str(path), sha256=sha256_file(path), note=spec.note), None
             if s.features == "pretrained":
                 P.load_pretrained(kind, None, s.weights_dir)  # raises the UserError naming every file looked for
             where = f"--weights-dir {s.weights_dir}" if s.weights_dir else "no --weights-dir"
@@ -335,7 +335,7 @@ class Text(FeaturePrior):
             s, train = self.settings, self.data.train
             if s.captions_file:
                 caps = T.load_captions_file(s.captions_file, len(train))
-                prov = {"source": "file", "path": str(s.captions_file), "sha256": P.sha256_file(s.captions_file)}
+                prov = {"source": "file", "path": str(s.captions_file), "sha256": sha256_file(s.captions_file)}
             else:
                 caps = T.make_captions(train.labels, train.class_names, s.seed)
                 prov = {"source": "class-name templates (bench/features/text.py), one per image drawn with the seed",

@@ -41,8 +41,8 @@ from bench.dmvae.autoencoder import TOKENIZER_PRESETS, TokenizerConfig
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise, warmup_lr
 from bench.dmvae.start import Start
-from bench.dmvae.tokenizer_update import TokenizerUpdate, check_finite
-from bench.features.local_dino import log_progress
+from bench.dmvae.tokenizer_update import TokenizerUpdate
+from bench.training import check_finite, log_progress
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
             z = tok.enc(x)  # (B, C, h, w), with grad
             z_n = norm.apply(z)
             loss_dm = dm_loss(s_real, s_fake, z_n, y, dm_times, cfg.dm_cfg, generator=noise)
-            check_finite(loss_dm, "DM loss", it, "DM")
+            check_finite(loss_dm, it, "DM stage: DM loss")
             logs["dm"] = loss_dm.item()
             tok.step(x, z, cfg.dm_weight * loss_dm, it, warmup_lr(it, cfg.lr, cfg.warmup), noise, logs)
             z_n = z_n.detach()
@@ -155,7 +155,7 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
 
         # ---- 2. S_fake: flow matching on the current latents sg(z_n), every iteration
         loss_f = flow_matching_loss(s_fake, z_n, y, fm_times, cfg.label_dropout, noise)
-        check_finite(loss_f, "S_fake flow-matching loss", it, "DM")
+        check_finite(loss_f, it, "DM stage: S_fake flow-matching loss")
         for grp in opt_f.param_groups:
             grp["lr"] = warmup_lr(it, cfg.fake_lr, cfg.warmup)
         opt_f.zero_grad(set_to_none=True)

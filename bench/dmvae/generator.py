@@ -31,10 +31,11 @@ import torch.nn as nn
 from bench import distributed as D
 from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler, sample_ode
+from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
 from bench.dmvae.teacher import build_score_net
-from bench.features.local_dino import log_progress
+from bench.training import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
 EIGHTHS = tuple(i / 8 for i in range(1, 9))
@@ -73,9 +74,8 @@ GENERATOR_PRESETS = {
 @torch.no_grad()
 def encode_latents(encoder: nn.Module, images: torch.Tensor, norm: LatentNorm, batch: int = 256) -> torch.Tensor:
     """Normalised latents (N, C, h, w) of images, on CPU: the downstream model's training data."""
-    dev = next(encoder.parameters()).device
     encoder.eval()
-    return torch.cat([norm.apply(encoder(x.to(dev)).float()).cpu() for x in images.split(batch)])
+    return norm.apply(encode(encoder, images, batch))
 
 
 def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:

@@ -28,7 +28,7 @@ from bench.checkpoint import load_state, save_state
 from bench.core.ema import ema_update
 from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.core.noise import BatchNoise
-from bench.features.local_dino import cosine_lr
+from bench.training import check_finite, cosine_lr
 
 
 def shard_batch(rows: torch.Tensor) -> torch.Tensor:
@@ -61,9 +61,7 @@ def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: 
     generator's step): cosine lr, averaged and clipped gradients. `cfg` needs steps, lr, warmup,
     label_dropout, grad_clip and ema_decay. Returns the loss; a non-finite one raises."""
     loss = flow_matching_loss(net, x, y, times, cfg.label_dropout, noise)
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"{where}: non-finite flow-matching loss ({loss.item()}) at step {step}; lower the "
-                           f"learning rate or check its inputs for NaN/inf.")
+    check_finite(loss, step, f"{where}: flow-matching loss")
     for grp in opt.param_groups:
         grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
     opt.zero_grad(set_to_none=True)

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from bench import distributed as D
 from bench.dmvae.autoencoder import Decoder, Encoder, TokenizerConfig, build_tokenizer
 from bench.dmvae.loop import average_gradients, shard_batch
-from bench.dmvae.tokenizer_update import check_finite
-from bench.features.local_dino import cosine_lr, log_progress
+from bench.training import check_finite, cosine_lr, log_progress
 
 STARTS = ("auto", "plain-ae", "reference-ae")  # auto: reference-ae where the prior has an image encoder
 
@@ -103,7 +102,7 @@ def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int
             distill = F.mse_loss(z, target[pick].to(device))
             loss = loss + cfg.distill_weight * distill
             logs["distill_mse"] = distill.item()
-        check_finite(loss, "start loss", step, "encoder start")
+        check_finite(loss, step, "encoder start: loss")
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, min(50, cfg.steps // 10 + 1))
         opt.zero_grad(set_to_none=True)

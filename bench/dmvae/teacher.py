@@ -31,7 +31,7 @@ from bench.core.flow import TimeSampler
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
 from bench.errors import unknown
-from bench.features.local_dino import log_progress
+from bench.training import log_progress
 
 
 # Score-net sizes: bench/core/dit.py's table plus "P", a pico net for smoke runs and tests (about

@@ -15,13 +15,7 @@ import torch.nn as nn
 from bench.core.ema import ema_update, make_ema
 from bench.dmvae.autoencoder import Decoder, Encoder, ReconstructionLoss, TokenizerConfig
 from bench.dmvae.loop import average_gradients
-
-
-def check_finite(value: torch.Tensor, what: str, step: int, stage: str) -> None:
-    """Stop at the first non-finite loss, naming it, instead of training on garbage."""
-    if not torch.isfinite(value):
-        raise RuntimeError(f"{stage} stage: non-finite {what} ({value.item()}) at step {step}; lower the "
-                           f"learning rate or check the inputs for NaN/inf.")
+from bench.training import check_finite
 
 
 class TokenizerUpdate:
@@ -55,10 +49,10 @@ class TokenizerUpdate:
         rec = self.dec(z)
         loss, parts = self.recon.generator_loss(x, rec, self.dec.last_layer, gan_step, noise)
         logs.update(parts, rec=loss.item())
-        check_finite(loss, "reconstruction loss", gan_step, self.stage)
+        check_finite(loss, gan_step, f"{self.stage} stage: reconstruction loss")
         if regulariser is not None:
             loss = loss + regulariser
-        check_finite(loss, "total tokenizer loss", gan_step, self.stage)
+        check_finite(loss, gan_step, f"{self.stage} stage: total tokenizer loss")
         for grp in self.opt.param_groups:
             grp["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -70,7 +64,7 @@ class TokenizerUpdate:
         ema_update(self.ema_dec, self.dec, self.ema_decay)
         if self.recon.gan_active(gan_step):  # hinge loss of D on augmented real vs sg(reconstruction)
             loss_d = self.recon.discriminator_loss(x, rec, noise)
-            check_finite(loss_d, "discriminator loss", gan_step, self.stage)
+            check_finite(loss_d, gan_step, f"{self.stage} stage: discriminator loss")
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             average_gradients(self.recon.disc.parameters())

@@ -25,7 +25,7 @@ from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.dmvae.loop import Resumable, shard_batch, step_noise, warmup_lr
 from bench.dmvae.start import PretrainConfig
 from bench.dmvae.tokenizer_update import TokenizerUpdate
-from bench.features.local_dino import log_progress
+from bench.training import log_progress
 
 
 def baseline_budget(cfg: DMVAEConfig, pretrain: PretrainConfig) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bench.features.local_dino import check_finite, cosine_lr, log_progress
+from bench.training import check_finite, cosine_lr, log_progress
 
 
 def _norm(ch: int) -> nn.GroupNorm:

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.training import check_finite, cosine_lr, log_progress
+
 
 # --------------------------------------------------------------------------------------------
 # Shared training helpers (batched augmentation, schedule, progress, finiteness)
@@ -54,28 +56,6 @@ def intensity_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.4,
         sol = (torch.rand(b, 1, 1, 1, generator=g) < solarize_p).to(x.device)
         x = torch.where(sol & (x > 0), -x, x)
     return x.clamp(-1, 1)
-
-
-def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 0 (the schedule every local trainer uses)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def check_finite(loss: torch.Tensor, step: int, what: str) -> None:
-    """Fail loudly at the first non-finite loss instead of training on garbage."""
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"{what}: non-finite loss ({loss.item()}) at step {step}; "
-                           "lower the learning rate or check the input images for NaN/inf.")
-
-
-def log_progress(what: str, step: int, steps: int, loss: float, t0: float, every: int) -> None:
-    """One compact line every `every` steps and at the last step: step, loss, elapsed and ETA."""
-    if every > 0 and (step % every == 0 or step == steps - 1):
-        elapsed = time.time() - t0
-        eta = elapsed / (step + 1) * (steps - step - 1)
-        print(f"[{what}] step {step + 1}/{steps} loss {loss:.4f} {elapsed:.0f}s ETA {eta:.0f}s", flush=True)
 
 
 # --------------------------------------------------------------------------------------------

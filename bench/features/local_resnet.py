@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.features.local_dino import check_finite, cosine_lr, log_progress, random_resized_crop
+from bench.features.local_dino import random_resized_crop
+from bench.training import check_finite, cosine_lr, log_progress
 
 
 class BasicBlock(nn.Module):

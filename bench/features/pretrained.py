@@ -21,7 +21,6 @@ dino -> patch tokens (B, N, D); resnet -> last-stage map (B, D, h, w); text -> e
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.cache import sha256_file
 from bench.errors import UserError, unknown
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -211,14 +211,6 @@ def _open_clip_cfg(spec: Pretrained) -> tuple[dict, dict]:
     arch = dict(spec.arch)
     text_cfg = {**cfg["text_cfg"], **arch.pop("text_cfg", {})}
     return {**cfg, **arch}, text_cfg
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ImageFeatures(nn.Module):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.features.local_dino import check_finite, cosine_lr, log_progress
+from bench.training import check_finite, cosine_lr, log_progress
 
 
 @dataclass(frozen=True)

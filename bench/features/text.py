@@ -97,7 +97,7 @@ def minilm_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def text_encoder_provenance() -> dict:
     """What the MiniLM encoder is, for results.json: model, package version, weights file and its sha256."""
-    from bench.features.pretrained import sha256_file
+    from bench.cache import sha256_file
     path = minilm_path()
     weights = path / "model.safetensors"
     return dict(name="sentence-transformers/all-MiniLM-L6-v2", package=MINILM_PACKAGE,

@@ -1,0 +1,32 @@
+"""Plumbing every training loop shares: the learning-rate schedule, the non-finite guard, the progress line.
+
+Used by the stage loops (bench/dmvae) and the local feature-net trainers (bench/features) alike.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+
+def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0 (the teacher, the generator and the local trainers)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def check_finite(value: torch.Tensor, step: int, what: str) -> None:
+    """Stop at the first non-finite loss, naming it ("DM stage: DM loss"), instead of training on garbage."""
+    if not torch.isfinite(value):
+        raise RuntimeError(f"{what}: non-finite value ({value.item()}) at step {step}; lower the learning rate "
+                           f"or check the inputs for NaN/inf.")
+
+
+def log_progress(what: str, step: int, steps: int, loss: float, t0: float, every: int) -> None:
+    """One compact line every `every` steps and at the last step: step, loss, elapsed and ETA."""
+    if every > 0 and (step % every == 0 or step == steps - 1):
+        elapsed = time.time() - t0
+        eta = elapsed / (step + 1) * (steps - step - 1)
+        print(f"[{what}] step {step + 1}/{steps} loss {loss:.4f} {elapsed:.0f}s ETA {eta:.0f}s", flush=True)
