@@ -20,7 +20,7 @@ def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
 def check_finite(value: torch.Tensor, step: int, what: str) -> None:
     """Stop at the first non-finite loss, naming it ("DM stage: DM loss"), instead of training on garbage."""
     if not torch.isfinite(value):
-        raise RuntimeError(f"{what}: non-finite value ({value.item()}) at step {step}; lower the learning rate "
+        raise RuntimeError(f"{what}: non-finite loss ({value.item()}) at step {step}; lower the learning rate "
                            f"or check the inputs for NaN/inf.")
 
 
