@@ -113,6 +113,16 @@ def tidy(results: dict, run: str = ".", ablation: str = "") -> pd.DataFrame:
     return frame.astype({"training_seed": "int64", "value": "float64", "std": "float64", "n": "Int64"})
 
 
+def summary(results: dict) -> pd.DataFrame:
+    """Per (prior, metric), over the finished training seeds: `mean`, `training_std` (sample std, ddof 1;
+    NaN with one seed), `sampling_std` (mean of the seeds' sampling stds, where the metric has one) and
+    `seeds` (how many). Table 1 is built from this frame (reports/tables.py)."""
+    frame = tidy(results)
+    return frame.groupby(["prior", "metric"], sort=False).agg(
+        mean=("value", "mean"), training_std=("value", "std"), sampling_std=("std", "mean"),
+        seeds=("training_seed", "nunique"))
+
+
 def load_results(*dirs) -> pd.DataFrame:
     """One tidy frame from study folders: each folder's results.json and its ablations' (ablate/KEY=V/)."""
     from reports.results import load_study  # reads and checks the schema, with clear errors

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from reports import paper
-from reports.data import METRIC_INDEX
+from reports.data import METRIC_INDEX, summary
 
 
 @dataclass
@@ -94,6 +94,18 @@ def table1(results: dict) -> Table:
                "KID (mean)", "kNN acc.", "lin. probe", "silhouette", "rFID (reported)", "PSNR (reported)",
                "gFID-5k (reported)"])
     vals: dict[int, dict[int, float]] = {c: {} for c in range(len(t.columns))}
+    summ = summary(results)  # pandas: per prior and metric, mean and spreads over the training seeds
+
+    def cell(name: str, metric: str, digits: int, spread: str | None = "training") -> tuple[str, float]:
+        got = summ.loc[(name, metric)]
+        sd = got["training_std"] if got["seeds"] > 1 else (got["sampling_std"] if spread == "sampling" else None)
+        text = fmt(float(got["mean"]), digits) + (f" ± {fmt(float(sd), digits)}" if spread and sd is not None
+                                                   and sd == sd else "")
+        return text, float(got["mean"])
+
+    columns = ((3, "rfid", 2, "training"), (4, "psnr", 2, "training"), (5, "ssim", 3, "training"),
+               (6, "gfid", 2, "sampling"), (9, "kid", 4, None), (10, "knn_accuracy", 3, None),
+               (11, "linear_probe_accuracy", 3, None), (12, "silhouette", 3, None))
     for name, r in priors_in_order(results).items():
         row = paper_row(results, name)
         rep = paper.TABLE1.get(row, {})
@@ -101,23 +113,22 @@ def table1(results: dict) -> Table:
             t.add([name, row or "—", status_cell(r), *["—"] * 10, fmt(rep.get("rfid")), fmt(rep.get("psnr"), 1),
                    fmt(rep.get("gfid"), 1)])
             continue
-        s = r["structure"]["dmvae"]
-        i = t.add([name, row or "—", "ok", _pm(r, "rfid"), _pm(r, "psnr"), _pm(r, "ssim", 3), mean_std(r["gfid"]),
-                   reached_cell(r), converged_cell(r), fmt(r["kid"]["mean"], 4), fmt(s["knn_accuracy"], 3),
-                   fmt(s["linear_probe_accuracy"], 3), fmt(s["silhouette"], 3), fmt(rep.get("rfid")),
+        cells = {c: cell(name, metric, digits, spread) for c, metric, digits, spread in columns}
+        i = t.add([name, row or "—", "ok", *(cells[c][0] for c in (3, 4, 5, 6)), reached_cell(r),
+                   converged_cell(r), *(cells[c][0] for c in (9, 10, 11, 12)), fmt(rep.get("rfid")),
                    fmt(rep.get("psnr"), 1), fmt(rep.get("gfid"), 1)])
-        for c, v in ((3, r["rfid"]), (4, r["psnr"]), (5, r["ssim"]), (6, r["gfid"]["mean"]), (9, r["kid"]["mean"]),
-                     (10, s["knn_accuracy"]), (11, s["linear_probe_accuracy"]), (12, s["silhouette"])):
-            vals[c][i] = v
-    for c, metric, digits in ((3, "rfid", 2), (4, "psnr", 2), (5, "ssim", 3), (6, "gfid", 2), (9, "kid", 4),
-                              (10, "knn_accuracy", 3), (11, "linear_probe_accuracy", 3), (12, "silhouette", 3)):
+        for c, _ in cells.items():
+            vals[c][i] = cells[c][1]
+    for c, metric, digits, _ in columns:
         t.mark_best(c, vals[c], METRIC_INDEX[metric].higher_is_better, digits)  # directions: reports/data.py
     floor = results["meta"].get("floors", {}).get("fid_real_vs_real")
     if floor:
         t.notes.append(f"Floor of FID at this N: {floor['n']} real train images against the held-out reference "
                        f"give FID {fmt(floor['value'])}; no generator can be expected below it at gFID-{_k(gfid_n)}.")
-    t.notes.append("rFID, PSNR and SSIM are means over the training seeds (± their std); the structure columns "
-                   "(kNN, probe, silhouette) are the first training seed's DMVAE latents of held-out images.")
+    t.notes.append("Every number is a mean over the training seeds (pandas over results.csv's rows: reports/data.py "
+                   "summary); rFID, PSNR, SSIM and gFID carry the training-seed std when there are several seeds, "
+                   "gFID the sampling std when there is one; KID and the structure columns (kNN, probe, silhouette "
+                   "of the DMVAE latents of held-out images) are means only.")
     t.notes.append("q(z) reached p_r: " + _rule(results, "matching") + " A row marked 'NO' does not measure its "
                    "prior's latent space: its q(z) is somewhere between the encoder start and p_r.")
     t.notes.append("generator converged: " + _rule(results, "converged"))

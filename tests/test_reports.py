@@ -227,9 +227,10 @@ def test_training_seed_rows_show_their_spread(tmp_path):
 
     rows = {}
     for name, (_, rfid, psnr, g, gstd, after, conv) in PRIORS.items():
-        rows[name] = aggregate({"0": seed_entry(name, rfid, psnr, g, gstd, after, conv),
-                                "1": seed_entry(name, rfid + 2, psnr - 1, g + 4, gstd, after and 0.004, False, 1)})
-        rows[name].update(status="ok", timings={"dmvae": 20.0}, per_training_seed={})
+        seeds = {"0": seed_entry(name, rfid, psnr, g, gstd, after, conv),
+                 "1": seed_entry(name, rfid + 2, psnr - 1, g + 4, gstd, after and 0.004, False, 1)}
+        rows[name] = aggregate(seeds)
+        rows[name].update(status="ok", timings={"dmvae": 20.0}, per_training_seed=seeds)
     md = build_report(write_study(tmp_path / "s", rows=rows, training_seeds=(0, 1)))[0].read_text()
     table1 = [row.replace("**", "") for row in _table(md, "prior", "paper row")]
     assert "gFID-50 (mean ± std over 2 training seeds)" in table1[0]
