@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -398,3 +399,28 @@ def test_html_in_headless_chromium(study, tmp_path):
     assert img.shape[:2] == (2400, 1300)
     ink = (img[..., :3].mean(-1) < 0.5).mean(0)  # dark pixels per column: text, tables and figures
     assert img[..., :3].std() > 0.1 and (ink > 0).mean() > 0.5
+
+
+EXAMPLE = ROOT / "reports" / "examples" / "fashion-mnist-cpu"
+
+
+@pytest.mark.skipif(not (EXAMPLE / "results.json").exists(), reason="no committed study example")
+def test_load_results_reads_the_committed_example():
+    """The committed example as data: the documented columns, one row per (prior, training seed, metric),
+    the same numbers as its results.json and its results.csv."""
+    from reports import load_results
+    from reports.data import COLUMNS
+
+    frame = load_results(EXAMPLE)
+    assert list(frame.columns) == COLUMNS
+    res = json.loads((EXAMPLE / "results.json").read_text())
+    for prior, row in res["priors"].items():
+        for seed, e in row.get("per_training_seed", {}).items():
+            g = frame[(frame.prior == prior) & (frame.training_seed == int(seed)) & (frame.metric == "gfid")]
+            assert len(g) == 1 and g.value.iloc[0] == e["gfid"]["mean"] and g.n.iloc[0] == e["gfid"]["n"]
+            assert g.higher_is_better.iloc[0] is False or not g.higher_is_better.iloc[0]
+    assert {"rfid", "psnr", "gfid", "mmd2_after", "reached_prior", "generator_converged"} <= set(frame.metric)
+    csv = pd.read_csv(EXAMPLE / "results.csv")
+    assert list(csv.columns) == COLUMNS and len(csv) == len(frame)
+    assert np.allclose(csv.sort_values(["prior", "training_seed", "metric"]).value,
+                       frame.sort_values(["prior", "training_seed", "metric"]).value)
