@@ -436,15 +436,9 @@ def test_aggregate_one_training_seed_keeps_the_sampling_spread():
 def _md_tables_before(md: str, heading: str = "## Provenance") -> list[list[str]]:
     """The Markdown tables of a report up to a heading (the run line, wall times and provenance differ
     between a merged and a single run by construction; the tables are what must agree)."""
-    body = md.split(heading)[0]
-    tables, cur = [], []
-    for line in body.splitlines():
-        if line.startswith("|"):
-            cur.append(line)
-        elif cur:
-            tables.append(cur)
-            cur = []
-    return tables + ([cur] if cur else [])
+    from test_reports import _tables  # tests/ is on sys.path (pytest rootdir-less import mode)
+
+    return _tables(md.split(heading)[0])
 
 
 def _single_runs(study, tmp_path, cache, groups):
