@@ -39,11 +39,14 @@ def _run_line(meta: dict) -> str:
     dev = dev.get("name") or dev.get("type") if isinstance(dev, dict) else dev
     wall = meta.get("wall_s")
     preset = f"Preset '{meta['preset']}'. " if meta.get("preset") else ""
+    merged = meta.get("merged_from")
+    wall_text = (f"merged from {len(merged)} runs (commits {', '.join(sorted({str(m.get('git_commit'))[:7] for m in merged}))}; "
+                 f"their wall times add up to {fmt(wall, 0)} s)" if merged else
+                 f"wall time of the last invocation {fmt(wall, 0)} s")
     return (f"{preset}Dataset {cfg.get('dataset')} at {cfg.get('resolution')} px, latents "
             f"{cfg.get('latent_channels')}x{cfg.get('latent_size')}x{cfg.get('latent_size')}, feature nets "
             f"'{cfg.get('features')}'. Config hash {meta.get('config_hash')}, commit {meta.get('git_commit')}, "
-            f"device {dev}, world size {meta.get('world_size')}, run date {meta.get('date')}, wall time of the "
-            f"last invocation {fmt(wall, 0)} s.")
+            f"device {dev}, world size {meta.get('world_size')}, run date {meta.get('date')}, {wall_text}.")
 
 
 def _toy_table(toy: dict) -> Table:
