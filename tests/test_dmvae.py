@@ -13,7 +13,7 @@ from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, STA
                          encode_latents, generate, load_checkpoint, measure_norm, pretrain_autoencoder,
                          resolve_start, train_dmvae, train_generator, train_teacher, train_vae_baseline)
 from bench.dmvae.autoencoder import LPIPS_STATUS, ReconstructionLoss, augment
-from bench.dmvae.teacher import build_score_net
+from bench.core.dit import build_dit
 from bench.metrics.matching import Matcher
 from priors.analytic import Gaussian
 from priors.base import PriorSettings
@@ -397,7 +397,7 @@ def test_generator_checkpoints_at_fractions(data):
 
 def test_generate_is_independent_of_batch_size_and_shard():
     torch.manual_seed(0)
-    model = build_score_net("P", LATENT, num_classes=3, patch=2)
+    model = build_dit("P", LATENT, num_classes=3, patch_size=2)
     for p in model.parameters():  # the zero-initialised head would make v = 0: randomise everything
         torch.nn.init.normal_(p, std=0.05)
     model.eval()

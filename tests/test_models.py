@@ -93,22 +93,22 @@ def test_dit_gradient_reaches_every_parameter():
 @pytest.mark.parametrize("input_size,channels,patch", [(16, 32, 1), (32, 4, 2)])
 def test_xl_on_meta_matches_dit_xl_parameter_count(input_size, channels, patch):
     with torch.device("meta"):
-        net = build_dit("XL", input_size, channels, 1000, patch_size=patch)
+        net = build_dit("XL", (channels, input_size, input_size), 1000, patch_size=patch)
     assert all(p.is_meta for p in net.parameters())
     n = sum(p.numel() for p in net.parameters())
     assert abs(n / 675e6 - 1) < 0.03, n  # DiT-XL/2: 675M (Peebles & Xie 2023, Table 4)
 
 
 def test_tiny_size_builds_and_runs():
-    net = build_dit("T", 8, 4, NUM_CLASSES)
+    net = build_dit("T", (4, 8, 8), NUM_CLASSES)
     z, t, y = inputs((4, 8, 8), n=2)
     assert net(z, t, y).shape == z.shape
 
 
 def test_unknown_size_lists_valid_sizes():
-    with pytest.raises(UserError, match="Did you mean 'XL'.*Valid DiT sizes: B, L, S, T, XL"):
-        build_dit("XXL", 16, 32, 1000)
-    assert set(DIT_SIZES) == {"T", "S", "B", "L", "XL"}
+    with pytest.raises(UserError, match="Did you mean 'XL'.*Valid DiT sizes: B, L, P, S, T, XL"):
+        build_dit("XXL", (32, 16, 16), 1000)
+    assert set(DIT_SIZES) == {"P", "T", "S", "B", "L", "XL"}
 
 
 def test_unknown_position_encoding():

@@ -207,14 +207,15 @@ def test_dry_run_prints_each_preset(preset, capsys):
 
 def test_paper_preset_networks_have_the_papers_sizes():
     """Built on the meta device (nothing allocated): the downstream DiT-XL is ~675M parameters."""
-    from bench.dmvae import build_score_net, build_tokenizer
+    from bench.core.dit import build_dit
+    from bench.dmvae import build_tokenizer
 
     p = STUDY_PRESETS["paper"]
     latent = (p["latent_channels"], p["latent_size"], p["latent_size"])
     count = lambda m: sum(x.numel() for x in m.parameters())  # noqa: E731
     with torch.device("meta"):
-        gen = build_score_net(p["generator"].net, latent, 1000, p["generator"].patch)
-        teacher = build_score_net(p["teacher"].net, latent, 1000, p["teacher"].patch)
+        gen = build_dit(p["generator"].net, latent, 1000, p["generator"].patch)
+        teacher = build_dit(p["teacher"].net, latent, 1000, p["teacher"].patch)
         enc, dec = build_tokenizer((3, p["resolution"], p["resolution"]), latent, p["dmvae"].tokenizer)
     assert next(gen.parameters()).device.type == "meta"
     assert count(gen) == pytest.approx(675e6, rel=0.01)

@@ -21,5 +21,5 @@ from bench.dmvae.dm_stage import DMVAE_PRESETS, DMVAEConfig, encode, train_dmvae
 from bench.dmvae.start import (PRETRAIN_PRESETS, STARTS, PretrainConfig, Start, pretrain_autoencoder,  # noqa: F401
                                resolve_start)
 from bench.dmvae.vae_baseline import baseline_budget, train_vae_baseline  # noqa: F401
-from bench.dmvae.teacher import (SCORE_NET_SIZES, TEACHER_PRESETS, TeacherConfig, build_score_net,  # noqa: F401
+from bench.dmvae.teacher import (TEACHER_PRESETS, TeacherConfig,  # noqa: F401
                                  train_teacher)

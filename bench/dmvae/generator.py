@@ -37,7 +37,7 @@ from bench.core.flow import TimeSampler, sample_ode
 from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
-from bench.dmvae.teacher import build_score_net
+from bench.core.dit import build_dit
 from bench.training import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
@@ -48,7 +48,7 @@ EIGHTHS = tuple(i / 8 for i in range(1, 9))
 class GeneratorConfig:
     """The downstream DiT: same size and budget for every prior."""
 
-    net: str = "P"               # a SCORE_NET_SIZES key (teacher.py)
+    net: str = "P"               # a DIT_SIZES key (bench/core/dit.py)
     patch: int = 2
     pos: str = "rope"
     steps: int = 6000
@@ -99,7 +99,7 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
-    net = build_score_net(cfg.net, tuple(latents.shape[1:]), num_classes, cfg.patch, cfg.pos).to(device)
+    net = build_dit(cfg.net, tuple(latents.shape[1:]), num_classes, cfg.patch, cfg.pos).to(device)
     ema = make_ema(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     times, keep = TimeSampler(), set(checkpoint_steps(cfg))
@@ -133,7 +133,7 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
 def load_checkpoint(checkpoint: dict, latent_shape: tuple[int, int, int], num_classes: int,
                     cfg: GeneratorConfig) -> nn.Module:
     """The model of one checkpoint entry (eval, no grad)."""
-    net = build_score_net(cfg.net, latent_shape, num_classes, cfg.patch, cfg.pos)
+    net = build_dit(cfg.net, latent_shape, num_classes, cfg.patch, cfg.pos)
     net.load_state_dict(checkpoint["state_dict"])
     return net.eval().requires_grad_(False)
 

@@ -25,35 +25,19 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
-from bench.core.dit import DIT_SIZES, DiT
+from bench.core.dit import build_dit
 from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
-from bench.errors import unknown
 from bench.training import log_progress
-
-
-# Score-net sizes: bench/core/dit.py's table plus "P", a pico net for smoke runs and tests (about
-# 5x faster per step than "T" on a CPU, where "T" is dominated by per-op overhead at tiny grids).
-SCORE_NET_SIZES = {"P": dict(depth=2, hidden=64, heads=2), **DIT_SIZES}
-
-
-def build_score_net(net: str, latent_shape: tuple[int, int, int], num_classes: int, patch: int = 1,
-                    pos: str = "rope") -> DiT:
-    """A fresh velocity DiT of a SCORE_NET_SIZES size for latents (C, h, h), `num_classes` labels (+1 null)."""
-    if net not in SCORE_NET_SIZES:
-        raise unknown("score-net size", net, SCORE_NET_SIZES)
-    c, h, _ = latent_shape
-    return DiT(input_size=h, in_channels=c, num_classes=num_classes, patch_size=patch, pos=pos,
-               **SCORE_NET_SIZES[net])
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     """Training of S_real (S_fake is its copy, so it shares the size); defaults are the cpu preset."""
 
-    net: str = "P"               # a SCORE_NET_SIZES key
+    net: str = "P"               # a DIT_SIZES key (bench/core/dit.py)
     patch: int = 2
     pos: str = "rope"
     steps: int = 2000
@@ -90,7 +74,7 @@ def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoi
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
     norm = measure_norm(prior.sample(cfg.norm_samples, g)[0], f"prior '{prior.info.name}' samples")
-    net = build_score_net(cfg.net, prior.latent_shape, prior.num_classes, cfg.patch, cfg.pos).to(device)
+    net = build_dit(cfg.net, prior.latent_shape, prior.num_classes, cfg.patch, cfg.pos).to(device)
     ema = make_ema(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     times = TimeSampler()

@@ -16,8 +16,9 @@ from functools import cached_property
 import torch
 
 from bench import distributed as D
+from bench.core.dit import build_dit
 from bench.core.flow import sample_ode
-from bench.dmvae import (Start, build_score_net, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
+from bench.dmvae import (Start, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
                          resolve_start, train_dmvae, train_generator, train_teacher, train_vae_baseline)
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.metrics import matching
@@ -170,7 +171,7 @@ class PriorRun:
             return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
 
         state, record = self._stage("teacher", compute)
-        net = build_score_net(c.net, self.latent_shape, self.ctx.data.num_classes, c.patch, c.pos)
+        net = build_dit(c.net, self.latent_shape, self.ctx.data.num_classes, c.patch, c.pos)
         net.load_state_dict(state["net"])
         return net.eval().requires_grad_(False), LatentNorm.from_dict(record["norm"])
 
@@ -239,7 +240,7 @@ class PriorRun:
                      "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
 
         state, record = self._stage("generator", compute)
-        model = build_score_net(c.net, self.latent_shape, data.num_classes, c.patch, c.pos)
+        model = build_dit(c.net, self.latent_shape, data.num_classes, c.patch, c.pos)
         model.load_state_dict(state["final"])
         cps = [{**meta, "state_dict": sd} for meta, sd in zip(record["checkpoints"], state["checkpoints"])]
         return model.to(D.device()).eval().requires_grad_(False), cps, record
