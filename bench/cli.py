@@ -57,8 +57,8 @@ def _study(argv) -> int:
     p = _Parser(prog="run_all.py", description="DMVAE latent-prior benchmark: trains one DMVAE "
                 "per reference prior and compares reconstruction and generation.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--priors", default="gaussian,text,resnet,dino,noise",
-                   help="comma-separated prior names or module:Class (see 'run_all.py priors')")
+    p.add_argument("--priors", help="comma-separated prior names or module:Class (see 'run_all.py priors'; "
+                   "default: the paper's gaussian,text,resnet,dino,noise); the same as --set priors=...")
     p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(STUDY_PRESETS)}")
     p.add_argument("--out", default="runs/study", help="output folder")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -84,19 +84,15 @@ def _study(argv) -> int:
     args = p.parse_args(argv)
     from bench.config import resolve, to_dict
     from bench.study.config import StudyConfig
-    from priors.registry import get_prior
 
     if args.preset not in STUDY_PRESETS:
         raise unknown("preset", args.preset, STUDY_PRESETS)
-    priors = _split(args.priors)
-    if not priors:
+    if args.priors is not None and not _split(args.priors):
         raise UserError("--priors is empty; name at least one prior (see 'run_all.py priors').")
-    for name in priors:
-        get_prior(name)  # unknown names answer with the registered list
     for stage in args.force:
         if stage not in (*ORDER, "all"):
             raise unknown("stage", stage, (*ORDER, "all"))
-    extra = {"dataset": args.dataset, "data_root": args.data_root, "resolution": args.resolution,
+    extra = {"priors": args.priors, "dataset": args.dataset, "data_root": args.data_root, "resolution": args.resolution,
              "limit": args.limit, "features": args.features, "weights_dir": args.weights_dir, "seed": args.seed}
     runs = [(None, args.set)]
     if args.ablate:
@@ -105,8 +101,12 @@ def _study(argv) -> int:
             raise UserError(f"--ablate '{args.ablate}' is not of the form KEY=V1,V2; for example "
                             f"--ablate dmvae.dm_weight=1,10.")
         runs = [(f"{key}={v}", [*args.set, f"{key}={v}"]) for v in _split(values)]
-    cfgs = [(tag, resolve(StudyConfig, STUDY_PRESETS, args.preset, args.config, sets, extra=extra))
+    if args.ablate and args.ablate.partition("=")[0].strip() == "priors":
+        raise UserError("--ablate priors=... is not an ablation: every prior is already a row of Table 1. Give the "
+                        "priors with --priors and ablate a setting, e.g. --ablate dmvae.dm_weight=1,10.")
+    cfgs = [(tag, _unique_priors(resolve(StudyConfig, STUDY_PRESETS, args.preset, args.config, sets, extra=extra)))
             for tag, sets in runs]
+    priors = list(cfgs[0][1].priors)
     if args.dry_run:
         import json
         shown = {tag or "config": to_dict(cfg) for tag, cfg in cfgs}
@@ -193,7 +193,8 @@ def _launch(args, priors: list[str], cfgs) -> int:
         raise UserError("--launcher submitit does not take --ablate; launch one sweep per value with "
                         "--set KEY=V and merge them with 'run_all.py report OUT RUN_DIR ...'.")
     base = ["--preset", args.preset, *(["--config", args.config] if args.config else [])]
-    base += [a for s in args.set for a in ("--set", s)] + [a for f in args.force for a in ("--force", f)]
+    sets = [s for s in args.set if s.split("=", 1)[0].strip() != "priors"]  # each job names its own prior
+    base += [a for s in sets for a in ("--set", s)] + [a for f in args.force for a in ("--force", f)]
     for flag in ("dataset", "data_root", "resolution", "limit", "features", "weights_dir", "cache_dir", "seed"):
         if getattr(args, flag) is not None:
             base += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -255,8 +256,8 @@ def _add_prior_args(p, size: bool = True, defaults: bool = True) -> None:
                         "pretrained when their weights are found (default)")
     p.add_argument("--weights-dir", help="folder with pretrained weights files (see README)")
     if size:
-        p.add_argument("--size", default="cpu", choices=("smoke", "cpu", "gpu"),
-                       help="training budget of the locally trained feature networks")
+        p.add_argument("--feature-size", "--size", dest="feature_size", default="cpu", choices=("smoke", "cpu", "gpu"),
+                       help="training budget of the locally trained feature networks (the study's feature_size)")
     p.add_argument("--cache-dir", help="content-addressed cache (default ~/.cache/dmvae-bench "
                                        "or $DMVAE_CACHE)")
     p.add_argument("--seed", type=int, default=d(0))
@@ -291,12 +292,24 @@ def _priors(argv) -> int:
     data = load_dataset(DataSpec(args.dataset, args.resolution, root=args.data_root,
                                  limit=args.limit, seed=args.seed))
     settings = PriorSettings(features=args.features, weights_dir=args.weights_dir,
-                             size=args.size, seed=args.seed)
+                             feature_size=args.feature_size, seed=args.seed)
     report = run_checks(names, settings, data, Cache(args.cache_dir))
     print("\nSummary (" + data.source + ")\n" + summary_lines(report))
     if args.json:
         atomic_write_json(Path(args.json), {"data_source": data.source, "priors": report})
     return 0 if all(r["status"] == "ok" for r in report.values()) else 1
+
+
+def _unique_priors(cfg):
+    """A prior named twice runs once: the repeat is dropped with a note."""
+    import dataclasses
+
+    unique = tuple(dict.fromkeys(cfg.priors))
+    if unique != cfg.priors:
+        dup = sorted({n for n in cfg.priors if cfg.priors.count(n) > 1})
+        print(f"note: {', '.join(dup)} named more than once in the priors; each runs once.", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, priors=unique)
+    return cfg
 
 
 def _split(text: str) -> list[str]:

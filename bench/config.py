@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,20 +45,84 @@ def resolve(cls, presets: dict[str, dict], preset: str, config_file: str | None 
     return build(cls, values)
 
 
-def build(cls, values: dict):
-    """Instantiate cls from a dict, coercing strings to the field types; unknown keys are errors."""
+def build(cls, values: dict, path: str = ""):
+    """Instantiate cls from a dict, coercing strings to the field types; unknown keys are errors.
+
+    `path` is the dotted section being built ("dmvae.tokenizer"), so every message names the setting
+    as it is written on the command line.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
-            raise unknown(f"setting of {cls.__name__}", key, fields)
+            inside = [p for p in _paths(cls) if p.endswith(f".{key}")]
+            if inside:  # a setting of a section given without the section's name
+                raise UserError(f"Unknown setting '{path}{key}': it is a setting of a section, so give it as "
+                                f"{' or '.join(f'{path}{p}' for p in inside)}, e.g. --set {path}{inside[0]}=...")
+            raise unknown("setting", f"{path}{key}", [f"{path}{f}" for f in fields])
     hints = typing.get_type_hints(cls)
-    kwargs = {k: build(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict)
-              else _coerce(k, v, hints[k]) for k, v in values.items()}
+    kwargs = {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(hints[k]):
+            if not isinstance(v, dict):
+                raise UserError(f"'{path}{k}' is a section of settings, not a value (got {v!r}). Set its keys "
+                                f"one by one, e.g. --set {path}{k}.{next(iter(_field_names(hints[k])))}=..., or "
+                                f"give a JSON object for it in the config file (--dry-run lists them).")
+            kwargs[k] = build(hints[k], v, f"{path}{k}.")
+        else:
+            kwargs[k] = _coerce(f"{path}{k}", v, hints[k])
     try:
         return cls(**kwargs)
+    except SettingError as e:
+        raise UserError(f"Setting '{path}{e.field}' {e.why}, got {e.value!r}. Give a valid value with --set "
+                        f"{path}{e.field}=... or in the config file (--dry-run shows every setting).") from None
     except (TypeError, ValueError) as e:
-        raise UserError(f"Invalid settings for {cls.__name__}: {e}. Check the values given with "
-                        f"--set or in the config file (run with --dry-run to see them).") from None
+        where = f"section '{path[:-1]}'" if path else "the settings"
+        raise UserError(f"Invalid value in {where}: {e}. Check the values given with --set or in the config "
+                        f"file (run with --dry-run to see them).") from None
+
+
+class SettingError(ValueError):
+    """One setting out of its range; build() turns it into a message naming the dotted setting."""
+
+    def __init__(self, field: str, why: str, value):
+        super().__init__(f"{field} {why}, got {value!r}")
+        self.field, self.why, self.value = field, why, value
+
+
+def require(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+            fraction: tuple[str, ...] = (), choices: dict | None = None) -> None:
+    """Range checks for a config's __post_init__: each failure names the field (SettingError).
+
+    positive: > 0; non_negative: >= 0; fraction: in [0, 1]; choices: {field: allowed values}.
+    Run when the config is resolved, so a bad value stops `--dry-run` and the run before any work.
+    """
+    for f in positive:
+        if not getattr(cfg, f) > 0:
+            raise SettingError(f, "must be greater than 0", getattr(cfg, f))
+    for f in non_negative:
+        if not getattr(cfg, f) >= 0:
+            raise SettingError(f, "must be 0 or more", getattr(cfg, f))
+    for f in fraction:
+        if not 0 <= getattr(cfg, f) <= 1:
+            raise SettingError(f, "must lie in [0, 1]", getattr(cfg, f))
+    for f, allowed in (choices or {}).items():
+        if getattr(cfg, f) not in allowed:
+            raise SettingError(f, f"must be one of {', '.join(map(str, allowed))}", getattr(cfg, f))
+
+
+def _paths(cls, prefix: str = "") -> list[str]:
+    """Every dotted setting of a config class, sections included."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _paths(hints[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def to_dict(cfg) -> dict:
@@ -127,7 +192,12 @@ def _coerce(key: str, value, hint):
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return hint(value)
+            out = hint(value)
+            if hint is float and not math.isfinite(out):
+                raise UserError(f"Setting '{key}' must be a finite number, got {value!r}: NaN and infinity "
+                                f"are not settings (results.json could not record them). Give a finite value "
+                                f"with --set {key}=...") from None
+            return out
     except (ValueError, TypeError):
         name = getattr(hint, "__name__", str(hint))
         raise UserError(f"Setting '{key}' expects {name}, got {value!r}. Give a value of that "

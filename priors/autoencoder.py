@@ -42,9 +42,9 @@ class KLVAEPrior(Prior):
             raise UserError(f"The '{self.info.name}' prior needs the image side ({r}) to be a "
                             f"power-of-two multiple of latent_size ({s}); change --resolution or "
                             f"the latent size.")
-        size = settings.size if settings.size in KLVAE_PRESETS else "cpu"
-        if settings.size not in KLVAE_PRESETS and settings.size != "gpu":
-            raise unknown("KL-VAE size", settings.size, KLVAE_PRESETS)
+        size = settings.feature_size if settings.feature_size in KLVAE_PRESETS else "cpu"
+        if settings.feature_size not in KLVAE_PRESETS and settings.feature_size != "gpu":
+            raise unknown("KL-VAE size", settings.feature_size, KLVAE_PRESETS)
         self.vae_cfg = dataclasses.replace(KLVAE_PRESETS[size], down=r // s,
                                            latent_ch=settings.latent_channels, seed=settings.seed)
         self.cache_hit = False

@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 
 from bench.cache import Cache
+from bench.config import require
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,47 @@ class PriorInfo:
     feature_kind: str | None = None  # dino | resnet | text | vae | None (analytic)
 
 
+FEATURE_SOURCES = ("pretrained", "local", "auto")  # auto: pretrained when weights exist, else local
+FEATURE_SIZES = ("smoke", "cpu", "gpu")            # training budgets of the locally trained feature nets
+
+
 @dataclass(frozen=True)
-class PriorSettings:
-    """What the runner decides for all priors of a study (one config path: bench/config.py)."""
+class PriorOptions:
+    """Settings of particular priors: the study config's `prior` section (--set prior.noise_t=0.3)."""
+
+    captions_file: str | None = None   # text prior: one caption per train image (bench/features/text.py)
+    subdino_classes: tuple[int, ...] | None = None  # subdino prior: None is the documented default subset
+    noise_t: float = 0.5               # noise prior: t of z_t = t z + (1 - t) eps (bench/core/flow.py)
+    gmm_components: int = 10           # gmm prior: mixture components
+
+    def __post_init__(self):
+        require(self, positive=("gmm_components",), fraction=("noise_t",))
+
+
+@dataclass(frozen=True)
+class PriorSettings(PriorOptions):
+    """What a prior is built from: the study's latent grid and feature source, plus its PriorOptions.
+
+    The runner derives it from the one resolved config (bench/study/config.py); nothing here is set
+    anywhere else.
+    """
 
     latent_channels: int = 4
     latent_size: int = 8               # h = w of the latent grid
-    features: str = "auto"             # pretrained | local | auto (pretrained when weights exist)
+    features: str = "auto"             # a FEATURE_SOURCES value
     weights_dir: str | None = None
-    size: str = "cpu"                  # training budget of local nets: smoke | cpu | gpu
+    feature_size: str = "cpu"          # a FEATURE_SIZES value
     seed: int = 0
-    captions_file: str | None = None   # text prior: one caption per train image
-    subdino_classes: tuple[int, ...] | None = None  # None: the documented default subset
-    noise_t: float = 0.5               # noise prior: t of z_t = t z + (1 - t) eps (flow.py)
-    gmm_components: int = 10
 
     def __post_init__(self):
-        if self.features not in ("pretrained", "local", "auto"):
-            raise ValueError(f"features must be pretrained, local or auto, got '{self.features}'")
+        super().__post_init__()
+        require(self, positive=("latent_channels", "latent_size"),
+                choices={"features": FEATURE_SOURCES, "feature_size": FEATURE_SIZES})
+
+    @classmethod
+    def of(cls, options: PriorOptions, **study) -> "PriorSettings":
+        """The settings of a study: its `prior` section and the study-wide fields given by name."""
+        return cls(**asdict(options), **study)
 
 
 class Prior:

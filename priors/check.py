@@ -23,7 +23,7 @@ def run_checks(names: list[str], settings: PriorSettings, data, cache: Cache, lo
     for name in names:
         cls = get_prior(name)
         t0 = time.perf_counter()
-        log(f"[{name}] building ({settings.features} features, size {settings.size})")
+        log(f"[{name}] building ({settings.features} features, size {settings.feature_size})")
         try:
             prior = cls(settings, data).build(cache)
             build_s = time.perf_counter() - t0

@@ -71,8 +71,8 @@ class FeaturePrior(Prior):
 
     # ------------------------------------------------------------- sources
     def _preset(self, presets: dict, what: str):
-        """The preset of settings.size; a missing 'gpu' preset falls back to 'cpu' (recorded)."""
-        size = self.settings.size
+        """The preset of settings.feature_size; a missing 'gpu' preset falls back to 'cpu' (recorded)."""
+        size = self.settings.feature_size
         if size in presets:
             return presets[size], size
         if size == "gpu" and "cpu" in presets:
@@ -180,7 +180,7 @@ class FeaturePrior(Prior):
         rcfg, preset = self._preset(R.REDUCE_PRESETS, "reduction")
         rcfg = dataclasses.replace(rcfg, seed=s.seed)
         source_id = network["sha256"] if "sha256" in network else network["cache"]["key"]
-        settings = dict(latent_channels=s.latent_channels, latent_size=s.latent_size, size=s.size, seed=s.seed)
+        settings = dict(latent_channels=s.latent_channels, latent_size=s.latent_size, size=s.feature_size, seed=s.seed)
         key = content_key("prior", self.info.name, self.info.version, settings, self._key_extra(),
                           self._fingerprint(), self.source, source_id, dataclasses.asdict(rcfg))
         hit = cache.load("prior", key)

@@ -1,10 +1,9 @@
 """The one registry of priors: a strict decorator, lookup by name or `module:Class`."""
 from __future__ import annotations
 
-import importlib
 import re
 
-from bench.errors import UserError, unknown
+from bench.lookup import by_name
 
 _PRIORS: dict[str, type] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -30,18 +29,5 @@ def get_prior(name: str) -> type:
     """The Prior class for a registered name or a user's `module:Class`."""
     from priors.base import Prior
 
-    if name in _PRIORS:
-        return _PRIORS[name]
-    if ":" in name:
-        mod, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"Could not load the prior '{name}' ({e}). Name a class importable "
-                            f"from the current directory as module:Class, subclassing "
-                            f"priors.base.Prior.") from None
-        if not (isinstance(cls, type) and issubclass(cls, Prior)):
-            raise UserError(f"'{name}' is not a subclass of priors.base.Prior; a user's prior "
-                            f"must subclass it and set its `info` record.")
-        return cls
-    raise unknown("prior", name, available() + ["module:Class"])
+    return by_name("prior", name, _PRIORS, "module:Class", lambda c: isinstance(c, type) and issubclass(c, Prior),
+                   "the class subclasses priors.base.Prior and sets its `info` record")

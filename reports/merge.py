@@ -6,7 +6,8 @@ Rules:
 - The runs must share their evaluation settings (the held-out reference set, N, sampling seeds and
   sampler, the Inception weights): FIDs measured otherwise do not compare, so merging stops with
   one paragraph naming the setting and the runs.
-- A prior's training seeds from runs whose resolved config agrees (training seeds aside) are pooled
+- A prior's training seeds from runs whose resolved config agrees (training seeds and the prior list
+  aside) are pooled
   into one row and aggregated as one run would (bench/study/aggregate.py).
 - Runs of a prior whose configs differ in anything else are shown side by side, each row labelled
   by the settings that differ ("gaussian [dmvae.steps=3000]"), never pooled.
@@ -50,9 +51,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Settings that say which rows a run computed, not how: runs that differ only in these pool.
+ROW_KEYS = ("training_seeds", "priors")
+
+
 def _group_key(config: dict) -> str:
-    """The config's hash with the training seeds left out: runs that differ only there pool."""
-    rest = {k: v for k, v in config.items() if k != "training_seeds"}
+    """The config's hash with ROW_KEYS left out: runs that differ only there pool."""
+    rest = {k: v for k, v in config.items() if k not in ROW_KEYS}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -79,7 +84,7 @@ def _labels(groups: dict[str, dict]) -> dict[str, str]:
     """A short label per config group: the settings in which the groups differ."""
     if len(groups) == 1:
         return {k: "" for k in groups}
-    flats = {k: _flat({c: v for c, v in cfg.items() if c != "training_seeds"}) for k, cfg in groups.items()}
+    flats = {k: _flat({c: v for c, v in cfg.items() if c not in ROW_KEYS}) for k, cfg in groups.items()}
     keys = sorted({key for f in flats.values() for key in f})
     differ = [key for key in keys if len({json.dumps(f.get(key), sort_keys=True) for f in flats.values()}) > 1]
     return {k: ", ".join(f"{key}={f.get(key)}" for key in differ) for k, f in flats.items()}
@@ -137,6 +142,8 @@ def merge_runs(dirs: list[Path]) -> tuple[dict, dict[str, tuple[Path, dict]]]:
     meta = copy.deepcopy(runs[0][1]["meta"])
     seeds = sorted({int(s) for m in priors.values() for s in m["per_training_seed"]})
     meta["config"]["training_seeds"] = seeds or meta["config"].get("training_seeds")
+    if "priors" in meta["config"]:  # configs written since the prior list joined the config
+        meta["config"]["priors"] = list(dict.fromkeys(n for _, r in runs for n in r["priors"]))
     meta.update(priors_requested=order, wall_s=sum(r["meta"].get("wall_s") or 0 for _, r in runs),
                 merged_from=[{"dir": str(d), "config_hash": r["meta"].get("config_hash"),
                               "git_commit": r["meta"].get("git_commit"), "priors": sorted(r["priors"]),

@@ -21,10 +21,6 @@ TABLE1 = {
     "GMM": {"rfid": 0.42, "psnr": 27.3, "gfid": 29.6},
     "Gaussian": {"rfid": 0.47, "psnr": 27.4, "gfid": 26.6},
 }
-# Our registered prior names for the paper's rows (a run's meta.provenance[..].info.paper_row wins).
-PAPER_ROW = {"vae": "VAE-baseline", "dino": "DINO", "resnet": "Resnet", "text": "SigLIP-text",
-             "noise": "Difftraj", "subdino": "SubDino", "gmm": "GMM", "gaussian": "Gaussian"}
-
 # Table 2: ablations of the DINO prior (PSNR / rFID / gFID-5k). Keyed by the config key our
 # --ablate sweeps; values are the setting as our config spells it, with the paper's label.
 TABLE2_DEFAULT = {"label": "default (lambda 10, L score nets, CFG 1, uniform t)",

@@ -68,8 +68,9 @@ def ok_priors(results: dict) -> dict[str, dict]:
 
 
 def paper_row(results: dict, name: str) -> str | None:
+    """The paper's row a prior reproduces, as the prior declared it (PriorInfo.paper_row, in its provenance)."""
     info = results["meta"].get("provenance", {}).get(name, {}).get("info", {})
-    return info.get("paper_row") or paper.PAPER_ROW.get(name)
+    return info.get("paper_row")
 
 
 def status_cell(r: dict) -> str:

@@ -1,4 +1,6 @@
-"""Shared test setup."""
+"""Shared test setup: one torch thread, and the synthetic dataset the unit tests build on."""
+import functools
+
 import pytest
 import torch
 
@@ -10,3 +12,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic(resolution: int, limit: int):
+    from bench.data import DataSpec, load_dataset
+
+    return load_dataset(DataSpec("synthetic", resolution, limit=limit))
+
+
+@pytest.fixture(scope="module")
+def data(request):
+    """Synthetic class-structured images (bench/data.py); a module may set DATA = dict(resolution=, limit=).
+
+    Built once per (resolution, limit) for the whole session; tests must not modify it.
+    """
+    spec = {"resolution": 16, "limit": 200, **getattr(request.module, "DATA", {})}
+    return _synthetic(spec["resolution"], spec["limit"])

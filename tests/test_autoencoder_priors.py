@@ -3,18 +3,12 @@ import pytest
 import torch
 
 from bench.cache import Cache
-from bench.data import DataSpec, load_dataset
 from bench.errors import UserError
 from priors.base import PriorSettings
 from priors.registry import get_prior
 
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(DataSpec("synthetic", 32, limit=120))
-
-
-SMOKE = PriorSettings(size="smoke", latent_channels=4, latent_size=8)
+DATA = dict(resolution=32, limit=120)  # conftest.py's `data` fixture
+SMOKE = PriorSettings(feature_size="smoke", latent_channels=4, latent_size=8)
 
 
 def test_noise_prior_has_the_variance_of_t_half(tmp_path, data):
@@ -49,4 +43,4 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path, data):
 
 def test_latent_grid_must_divide_the_image(data):
     with pytest.raises(UserError, match="power-of-two multiple"):
-        get_prior("vae")(PriorSettings(size="smoke", latent_size=6), data)
+        get_prior("vae")(PriorSettings(feature_size="smoke", latent_size=6), data)

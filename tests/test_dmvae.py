@@ -23,9 +23,7 @@ LATENT = (2, 4, 4)
 TOK = dataclasses.replace(TOKENIZER_PRESETS["smoke"], gan_weight=0.0)  # fast: no discriminator
 
 
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(DataSpec("synthetic", 16, limit=128))
+DATA = dict(resolution=16, limit=128)  # conftest.py's `data` fixture
 
 
 @pytest.fixture(scope="module")
@@ -319,9 +317,7 @@ def test_dm_stage_moves_latents_towards_the_prior(data, prior, teacher, start, p
 
 
 @pytest.mark.slow
-def test_dm_beats_reconstruction_alone(request, data, prior, teacher, start, probe):
-    if "slow" not in request.config.getoption("markexpr", ""):
-        pytest.skip("slow (about 10 s): run with -m slow")
+def test_dm_beats_reconstruction_alone(data, prior, teacher, start, probe):
     s_real, norm, _ = teacher
     scores = {}
     for w in (0.0, 10.0):

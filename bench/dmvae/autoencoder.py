@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import distributed as D
+from bench.config import require
 from bench.core import noise as rng
 from bench.features.kl_vae import ResBlock, _norm
 
@@ -49,6 +50,10 @@ class TokenizerConfig:
     disc_layers: int = 2        # stride-2 conv layers of the PatchGAN
     disc_lr: float = 2e-4
     augment_shift: float = 0.125  # max translation as a fraction of the image side
+
+    def __post_init__(self):
+        require(self, positive=("width", "disc_width", "disc_layers", "disc_lr"),
+                non_negative=("l2_weight", "gan_weight", "gan_start"), fraction=("augment_shift",))
 
 
 TOKENIZER_PRESETS = {

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
+from bench.config import SettingError, require
 from bench.core.dm import dm_loss
 from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.dmvae.autoencoder import TOKENIZER_PRESETS, TokenizerConfig
@@ -70,10 +71,11 @@ class DMVAEConfig:
     log_every: int = 500
 
     def __post_init__(self):
-        if self.dm_every < 1:
-            raise ValueError(f"dm_every must be >= 1, got {self.dm_every}")
-        if not 0.0 <= self.t0 < self.t1 <= 1.0:
-            raise ValueError(f"the DM time range needs 0 <= t0 < t1 <= 1, got [{self.t0}, {self.t1}]")
+        require(self, positive=("batch", "lr", "fake_lr", "dm_every", "probe_n"),  # steps = 0: the start, unchanged
+                non_negative=("steps", "warmup", "dm_weight", "dm_cfg", "grad_clip", "kl_weight", "probe_every", "seed",
+                              "log_every"), fraction=("t0", "t1", "label_dropout", "ema_decay"))
+        if not self.t0 < self.t1:
+            raise SettingError("t1", f"must be greater than t0 = {self.t0} (t ~ U[t0, t1] in the DM loss)", self.t1)
 
 
 DMVAE_PRESETS = {

@@ -32,12 +32,13 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
+from bench.config import SettingError, require
+from bench.core.dit import DIT_SIZES, POSITIONS, build_dit
 from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler, sample_ode
 from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
-from bench.core.dit import build_dit
 from bench.training import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
@@ -61,6 +62,12 @@ class GeneratorConfig:
     checkpoints: tuple[float, ...] = (0.5, 1.0)  # fractions of `steps`; the last two judge convergence
     seed: int = 0
     log_every: int = 1000
+
+    def __post_init__(self):
+        require(self, positive=("patch", "steps", "batch", "lr"), non_negative=("warmup", "grad_clip", "seed",
+                "log_every"), fraction=("ema_decay", "label_dropout"), choices={"net": DIT_SIZES, "pos": POSITIONS})
+        if not self.checkpoints or not all(0 < f <= 1 for f in self.checkpoints):
+            raise SettingError("checkpoints", "must be fractions of steps in (0, 1], at least one", self.checkpoints)
 
 
 GENERATOR_PRESETS = {

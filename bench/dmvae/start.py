@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import distributed as D
+from bench.config import require
 from bench.dmvae.autoencoder import Decoder, Encoder, TokenizerConfig, build_tokenizer
 from bench.dmvae.loop import average_gradients, shard_batch
 from bench.training import check_finite, cosine_lr, log_progress
@@ -46,6 +47,10 @@ class PretrainConfig:
     distill_images: int = 5000     # train images whose reference latents are computed for distillation
     seed: int = 0
     log_every: int = 100
+
+    def __post_init__(self):
+        require(self, positive=("batch", "lr", "distill_images"),  # steps = 0: a freshly initialised AE
+                non_negative=("steps", "distill_weight", "seed", "log_every"))
 
 
 PRETRAIN_PRESETS = {

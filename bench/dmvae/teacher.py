@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
-from bench.core.dit import build_dit
+from bench.config import require
+from bench.core.dit import DIT_SIZES, POSITIONS, build_dit
 from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
@@ -50,6 +51,11 @@ class TeacherConfig:
     norm_samples: int = 4096     # prior draws that measure the latent normalisation
     seed: int = 0
     log_every: int = 500
+
+    def __post_init__(self):
+        require(self, positive=("patch", "steps", "batch", "lr", "norm_samples"),
+                non_negative=("warmup", "grad_clip", "seed", "log_every"), fraction=("ema_decay", "label_dropout"),
+                choices={"net": DIT_SIZES, "pos": POSITIONS})
 
 
 TEACHER_PRESETS = {

@@ -24,14 +24,22 @@ from dataclasses import dataclass, field, replace
 from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEACHER_PRESETS, DMVAEConfig,
                          GeneratorConfig, PretrainConfig, TeacherConfig)
 
+from bench.config import SettingError, require
+from bench.data import DATASETS
 from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
+from priors.base import FEATURE_SIZES, FEATURE_SOURCES, PriorOptions
+from priors.registry import get_prior
+
+
+REF_SPLITS = ("test", "val")  # held-out splits (bench/data.py): never the images the tokenizer trained on
+DEFAULT_PRIORS = ("gaussian", "text", "resnet", "dino", "noise")  # the paper's Table 1 rows
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation (docs/method.md section 6): every number here is recorded with the results."""
 
-    ref_split: str = "test"        # held-out split: reference statistics, rFID/PSNR/SSIM, DMVAE latents
+    ref_split: str = "test"        # a REF_SPLITS value: held-out split: reference statistics, rFID/PSNR/SSIM, DMVAE latents
     ref_n: int = 250               # held-out images (class-balanced): reference stats and rFID-N
     gfid_n: int = 250              # generated samples per sampling seed (gFID-N)
     seeds: tuple[int, ...] = (0, 1)  # sampling seeds: gFID is reported as mean and std over them
@@ -46,6 +54,9 @@ class EvalConfig:
     batch: int = 50                # Inception and sampling batch (does not change any number)
 
     def __post_init__(self):
+        require(self, positive=("ref_n", "gfid_n", "converged_within", "sample_steps", "shift", "structure_n",
+                                "match_n", "tsne_per_class", "batch"), non_negative=("cfg_scale",),
+                choices={"ref_split": REF_SPLITS})
         if len(self.seeds) < 2:
             raise ValueError("eval.seeds needs at least two sampling seeds (gFID is reported as mean and std)")
         if not 0 < self.convergence_n <= self.gfid_n:
@@ -61,15 +72,17 @@ class EvalConfig:
 class StudyConfig:
     """Everything one study run depends on; its hash names the run in results.json."""
 
+    priors: tuple[str, ...] = DEFAULT_PRIORS  # --priors: registered names or module:Class (priors/registry.py)
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     resolution: int = 32
     limit: int | None = None           # images per split, class-balanced (None: all)
     latent_channels: int = 4
     latent_size: int = 8
-    features: str = "auto"             # pretrained | local | auto (priors/base.py PriorSettings)
+    features: str = "auto"             # a priors/base.py FEATURE_SOURCES value
     weights_dir: str | None = None
-    feature_size: str = "cpu"          # training budget of the locally trained feature nets
+    feature_size: str = "cpu"          # training budget of the locally trained feature nets (FEATURE_SIZES)
+    prior: PriorOptions = field(default_factory=PriorOptions)  # settings of particular priors
     seed: int = 0                      # data split, feature nets, evaluation subsets (shared by training seeds)
     training_seeds: tuple[int, ...] = (0,)  # one teacher, start, DM stage and generator per seed: seed s adds s
                                        # to every training stage's seed; Table 1 gives mean and std over them
@@ -82,8 +95,19 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.start not in STARTS:
-            raise ValueError(f"start must be one of {', '.join(STARTS)}, got '{self.start}'")
+        require(self, positive=("resolution", "latent_channels", "latent_size", "checkpoint_every"),
+                non_negative=("seed",), choices={"dataset": DATASETS, "features": FEATURE_SOURCES,
+                                                 "feature_size": FEATURE_SIZES, "start": STARTS})
+        if self.limit is not None and self.limit < 1:
+            raise SettingError("limit", "must be a positive image count per split (or none: all)", self.limit)
+        down = self.resolution // self.latent_size
+        if self.resolution % self.latent_size or down & (down - 1):
+            raise SettingError("latent_size", f"must divide resolution = {self.resolution} by a power of two "
+                               f"(the tokenizer downsamples by 2 per level)", self.latent_size)
+        if not self.priors:
+            raise SettingError("priors", "must name at least one prior (run_all.py priors lists them)", self.priors)
+        for name in self.priors:
+            get_prior(name)  # an unknown name answers with the registered list
         if not self.training_seeds or len(set(self.training_seeds)) != len(self.training_seeds) \
                 or min(self.training_seeds) < 0:
             raise ValueError(f"training_seeds must be distinct non-negative integers, got {self.training_seeds}")

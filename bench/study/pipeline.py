@@ -36,6 +36,14 @@ def _asdict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _prior_key(settings: PriorSettings) -> dict:
+    """The prior stage's key fields. `feature_size` is hashed under its former name `size`, so run
+    folders written before the rename keep their finished stages."""
+    d = _asdict(settings)
+    d["size"] = d.pop("feature_size")
+    return d
+
+
 def n_params(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
@@ -48,13 +56,13 @@ class PriorRun:
         self.cfg = ctx.cfg.for_training_seed(training_seed)
         self.cls = get_prior(name)
         c = self.cfg
-        self.settings = PriorSettings(latent_channels=c.latent_channels, latent_size=c.latent_size,
-                                      features=c.features, weights_dir=c.weights_dir, size=c.feature_size,
-                                      seed=c.seed)
+        self.settings = PriorSettings.of(c.prior, latent_channels=c.latent_channels, latent_size=c.latent_size,
+                                         features=c.features, weights_dir=c.weights_dir,
+                                         feature_size=c.feature_size, seed=c.seed)
         self.latent_shape = (c.latent_channels, c.latent_size, c.latent_size)
         self.baseline = self.cls.info.name == BASELINE
         data_fp, images = ctx.data_fp, list(ctx.data.train.images.shape[1:])
-        k = {"prior": stage_key("prior", name, self.cls.info.version, _asdict(self.settings), data_fp)}
+        k = {"prior": stage_key("prior", name, self.cls.info.version, _prior_key(self.settings), data_fp)}
         if not self.baseline:
             k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher))
             self.start_kind = resolve_start(c.start, self.cls)

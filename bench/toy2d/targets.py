@@ -6,12 +6,11 @@ length; the coverage metric uses it for arc-length bins (others fall back to k-m
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 
-from bench.errors import UserError, unknown
+from bench.lookup import by_name
 
 TARGETS: dict = {}
 
@@ -28,21 +27,8 @@ def register(name: str):
 
 def get_target(name: str):
     """A registered target by name, or a user's callable given as `module:function`."""
-    if name in TARGETS:
-        return TARGETS[name]
-    if ":" in name:
-        mod, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"Could not load target '{name}' ({e}). Give `module:function` "
-                            f"importable from the current directory, where function(n, "
-                            f"generator) returns an (n, 2) tensor.") from None
-        if not callable(fn):
-            raise UserError(f"Target '{name}' is not callable; it must be a function "
-                            f"f(n, generator) -> (n, 2) tensor.")
-        return fn
-    raise unknown("target", name, list(TARGETS) + ["module:function"])
+    return by_name("target", name, TARGETS, "module:function", callable,
+                   "the function f(n, generator) returns an (n, 2) tensor")
 
 
 def _even_by_arclength(curve, m: int, dense: int = 4096) -> torch.Tensor:
