@@ -1,0 +1,37 @@
+"""Reliability findings of issue 11: bad input and a failing environment end in one clear paragraph.
+
+Each test reproduces one finding (it failed before the fix). The machine runs the tests as root, so
+an unwritable folder is simulated by making the write raise the OSError a read-only folder gives.
+"""
+import errno
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.io import atomic_write_bytes, atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_reports import write_study  # noqa: E402  (the hand-written results folder of the report tests)
+
+
+def _one_paragraph(err: str) -> None:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 9: output files honour the umask
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path, mask, mode):
+    old = os.umask(mask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        atomic_write_json(tmp_path / "b.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "b.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
