@@ -35,3 +35,19 @@ def test_atomic_writes_honour_the_umask(tmp_path, mask, mode):
         os.umask(old)
     for name in ("a.bin", "b.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+
+
+# ------------------------------------------------------------------ 10: report.md escapes HTML
+def test_markdown_report_escapes_html_from_names_reasons_and_command(tmp_path):
+    from reports import build_report
+
+    out = write_study(tmp_path / "s")
+    res = json.loads((out / "results.json").read_text())
+    res["priors"]["bad<script>x|y"] = {"status": "failed", "reason": "NaN <img src=x onerror=alert(1)> & more"}
+    res["meta"]["command"] = "run_all.py --priors '<b>bold</b>'"
+    (out / "results.json").write_text(json.dumps(res))
+    md = build_report(out)[0].read_text()
+    assert "<script" not in md and "<img" not in md and "<b>" not in md
+    assert "bad&lt;script&gt;x\\|y" in md  # a table cell: | escaped as well
+    assert "NaN &lt;img src=x onerror=alert(1)&gt; &amp; more" in md
+    assert "&lt;b&gt;bold&lt;/b&gt;" in md
