@@ -51,3 +51,25 @@ def test_markdown_report_escapes_html_from_names_reasons_and_command(tmp_path):
     assert "bad&lt;script&gt;x\\|y" in md  # a table cell: | escaped as well
     assert "NaN &lt;img src=x onerror=alert(1)&gt; &amp; more" in md
     assert "&lt;b&gt;bold&lt;/b&gt;" in md
+
+
+# ------------------------------------------------------------------ 12: results.json without meta.config
+@pytest.mark.parametrize("version", [1, 2])
+def test_report_and_merge_of_results_without_config_are_one_paragraph(tmp_path, capsys, version):
+    runs = []
+    for name in ("a", "b"):
+        out = write_study(tmp_path / name)
+        res = json.loads((out / "results.json").read_text())
+        res["meta"]["schema_version"] = version
+        del res["meta"]["config"]
+        (out / "results.json").write_text(json.dumps(res))
+        runs.append(str(out))
+    need = "schema version 1" if version == 1 else "no meta.config block"
+    assert main(["report", runs[0]]) == 2  # run_all.py report DIR
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert need in err and "results.json" in err
+    assert main(["report", str(tmp_path / "merged"), *runs]) == 2  # run_all.py report OUT RUN_DIR RUN_DIR
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert need in err and not (tmp_path / "merged" / "results.json").exists()
