@@ -73,3 +73,47 @@ def test_report_and_merge_of_results_without_config_are_one_paragraph(tmp_path, 
     err = capsys.readouterr().err
     _one_paragraph(err)
     assert need in err and not (tmp_path / "merged" / "results.json").exists()
+
+
+# ------------------------------------------------------------------ 11: stale locks after a reboot / pid reuse
+def _lock(tmp_path, **fields):
+    from bench.runlock import boot_id, process_start
+
+    holder = {"pid": os.getpid(), "host": os.uname().nodename, "started": "2026-01-01T00:00:00",
+              "boot_id": boot_id(), "pid_start": process_start(os.getpid())}
+    holder.update(fields)
+    (tmp_path / ".run.lock").write_text(json.dumps({k: v for k, v in holder.items() if v is not None}))
+
+
+def test_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    from bench.runlock import RunLock, process_start
+
+    assert process_start(os.getpid()) is not None  # Linux: the identity can be read
+    _lock(tmp_path, pid_start=process_start(os.getpid()) - 1)  # our pid, but a process that started earlier
+    with RunLock(tmp_path) as lock:
+        assert lock.stale["pid"] == os.getpid()
+        held = json.loads((tmp_path / ".run.lock").read_text())
+        assert held["pid_start"] == process_start(os.getpid()) and held["boot_id"]
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_lock_from_before_a_reboot_is_taken_over(tmp_path):
+    from bench.runlock import RunLock
+
+    _lock(tmp_path, boot_id="00000000-0000-0000-0000-000000000000")  # a live pid, but another boot
+    with RunLock(tmp_path) as lock:
+        assert lock.stale["boot_id"].startswith("00000000")
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_refusal_names_the_lock_file_and_the_override(tmp_path, old_format):
+    from bench.runlock import RunLock
+
+    # a live run of this process; an old lock (pid and host only) keeps the pid rule: refused too
+    _lock(tmp_path, **({"boot_id": None, "pid_start": None} if old_format else {}))
+    with pytest.raises(UserError) as e:
+        with RunLock(tmp_path):
+            pass
+    msg = str(e.value)
+    assert "Another run" in msg and str(tmp_path / ".run.lock") in msg and "remove" in msg
+    assert (tmp_path / ".run.lock").exists()  # a live run's lock is never removed
