@@ -119,7 +119,6 @@ def _study(argv) -> int:
               "not trainable on a CPU machine.")
     from bench import distributed as D
     from bench.cache import Cache
-    from bench.runlock import RunLock
     from bench.study.runner import run_study, summary
 
     D.init()
@@ -134,7 +133,7 @@ def _study(argv) -> int:
     out = _writable(Path(args.out))
     cache = Cache(args.cache_dir)
     failed = 0
-    with (RunLock(out) if D.rank() == 0 else contextlib.nullcontext()):
+    with _locked(out, hold=D.rank() == 0):
         for tag, cfg in cfgs:
             run_out = out / "ablate" / tag if tag else out
             results = run_study(cfg, priors, run_out, tuple(args.force), cache, store_root=out,
@@ -145,6 +144,43 @@ def _study(argv) -> int:
         if D.rank() == 0:
             _write_report(out)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _locked(out: Path, hold: bool = True):
+    """Hold out/.run.lock (when `hold`) around a run; the folder turning unwritable is one paragraph."""
+    from bench.io import written_under
+    from bench.runlock import RunLock
+
+    lock = RunLock(out) if hold else None
+    try:
+        with (lock or contextlib.nullcontext()):
+            yield
+    except OSError as e:
+        if not written_under(e, out):
+            raise
+        raise UserError(_unwritable_message(out, e, lock)) from None
+    if lock is not None and lock.release_error is not None:
+        print(f"warning: the lock file '{lock.path}' could not be removed ({lock.release_error.strerror}); "
+              f"remove it if no run is active.", file=sys.stderr)
+
+
+def _unwritable_message(out: Path, e: OSError, lock) -> str:
+    """What went wrong, what was kept, how to resume, and what became of the lock."""
+    what = f"{e.strerror or e} on '{e.filename}'" if e.filename else str(e.strerror or e)
+    if lock is None:
+        held = ""
+    elif lock.release_error is None:
+        held = " The run's lock was removed."
+    else:
+        held = (f" Its lock file '{lock.path}' could not be removed ({lock.release_error.strerror}); "
+                f"delete it once the folder is writable, if no run is active (a new run on this host also "
+                f"takes it over, as its process is gone).")
+    return (f"The output folder '{out}' became unwritable during the run ({what}). What was written "
+            f"before is kept: finished stages under '{out / 'stages'}' and results.json as of its last "
+            f"complete write (files are replaced atomically, so none is half-written). Make the folder "
+            f"writable (or free space) and run the same command again: it resumes from the finished "
+            f"stages.{held}")
 
 
 def _toy2d(argv) -> int:
@@ -187,7 +223,6 @@ def _toy2d(argv) -> int:
 def _launch(args, priors: list[str], cfgs) -> int:
     """--launcher submitit: the same study as one job per prior and training seed (bench/launch.py)."""
     from bench.launch import JobSettings, launch
-    from bench.runlock import RunLock
 
     if args.ablate:
         raise UserError("--launcher submitit does not take --ablate; launch one sweep per value with "
@@ -200,7 +235,7 @@ def _launch(args, priors: list[str], cfgs) -> int:
     settings = JobSettings(cluster=args.slurm_cluster, partition=args.slurm_partition, gpus=args.slurm_gpus,
                            time_min=args.slurm_time, mem_gb=args.slurm_mem, cpus_per_task=args.slurm_cpus)
     out = _writable(Path(args.out))
-    with RunLock(out):
+    with _locked(out):
         return launch(base, priors, cfgs[0][1].training_seeds, out, settings)
 
 

@@ -44,6 +44,19 @@ def current_umask() -> int:
     return mask
 
 
+def written_under(e: OSError, *folders: Path) -> bool:
+    """Did this OSError come from a path inside one of the folders (the output folder going read-only or
+    full), rather than from reading an input?"""
+    roots = [Path(f).resolve() for f in folders]
+    for name in (e.filename, e.filename2):
+        if name is None:
+            continue
+        path = Path(os.fsdecode(name)).resolve()
+        if any(path == r or r in path.parents for r in roots):
+            return True
+    return False
+
+
 def atomic_write_json(path: Path, obj) -> None:
     """JSON with sorted keys; NaN/Inf are refused (allow_nan=False) so they never pass as results."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())

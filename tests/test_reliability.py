@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,61 @@ def test_refusal_names_the_lock_file_and_the_override(tmp_path, old_format):
     msg = str(e.value)
     assert "Another run" in msg and str(tmp_path / ".run.lock") in msg and "remove" in msg
     assert (tmp_path / ".run.lock").exists()  # a live run's lock is never removed
+
+
+# ------------------------------------------------------------------ 7: --out turning read-only mid-run
+def _study_whose_out_turns_read_only(tmp_path, monkeypatch, lock_removable: bool):
+    """The real CLI and runner, with the costly parts stubbed, and the first stage write failing as on a
+    read-only folder (we run as root, so chmod would not stop the writes)."""
+    from bench.study import runner
+
+    out = tmp_path / "out"
+
+    read_only = []
+
+    class ReadOnlyStage:
+        def __init__(self, *a, **k):
+            read_only.append(True)  # from here on every atomic write into out fails
+            raise OSError(errno.EROFS, "Read-only file system", str(out / "stages" / "gaussian" / "record.json"))
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if read_only and Path(dir).resolve().is_relative_to(out.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*a, dir=dir, **k)
+    monkeypatch.setattr("bench.io.tempfile.mkstemp", mkstemp)
+
+    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": 2, "config_hash": "x",
+                                                           "provenance": {}, "feature_source": {}, "stage_keys": {}})
+    monkeypatch.setattr(runner.Context, "floors", None)  # no Inception here
+    monkeypatch.setattr(runner, "PriorRun", ReadOnlyStage)
+    if not lock_removable:
+        real_unlink = Path.unlink
+
+        def unlink(self, *a, **k):
+            if self.name == ".run.lock":
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real_unlink(self, *a, **k)
+        monkeypatch.setattr(Path, "unlink", unlink)
+    rc = main(["--preset", "smoke", "--dataset", "synthetic", "--priors", "gaussian", "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache")])
+    return out, rc
+
+
+def test_out_turning_read_only_is_one_paragraph_and_the_lock_is_removed(tmp_path, monkeypatch, capsys):
+    out, rc = _study_whose_out_turns_read_only(tmp_path, monkeypatch, lock_removable=True)
+    err = capsys.readouterr().err
+    assert rc == 2
+    _one_paragraph(err)
+    assert f"The output folder '{out}' became unwritable" in err and "Read-only file system" in err
+    assert "is kept" in err and "lock was removed" in err
+    assert not (out / ".run.lock").exists()
+
+
+def test_out_turning_read_only_names_a_lock_it_cannot_remove(tmp_path, monkeypatch, capsys):
+    out, rc = _study_whose_out_turns_read_only(tmp_path, monkeypatch, lock_removable=False)
+    err = capsys.readouterr().err
+    assert rc == 2
+    _one_paragraph(err)
+    assert f"lock file '{out / '.run.lock'}' could not be removed" in err

@@ -32,7 +32,7 @@ from bench.cache import Cache
 from bench.config import config_hash, to_dict
 from bench.data import DataSpec, dataset_fingerprint, load_dataset
 from bench.errors import UserError
-from bench.io import atomic_write_json, atomic_write_png, environment
+from bench.io import atomic_write_json, atomic_write_png, environment, written_under
 from bench.metrics import fid
 from bench.study import evaluate as E
 from bench.study.aggregate import finish_prior
@@ -170,6 +170,8 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
                 entry["per_training_seed"][str(s)] = {**_prior_entry(run, record), "timings": run.timings(),
                                                       "throughput_img_per_s": run.throughput(), "models": run.models()}
             except Exception as e:  # one prior's (or seed's) failure must not lose the others
+                if isinstance(e, OSError) and written_under(e, out, store_root or out):
+                    raise  # the output folder failed, not the prior: bench/cli.py says what was kept
                 expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
                 reason = str(e) if expected else f"{type(e).__name__}: {e}"
                 entry.setdefault("failed_training_seeds", {})[str(s)] = reason
