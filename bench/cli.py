@@ -131,7 +131,7 @@ def _study(argv) -> int:
                             f"{f' (ablation {tag})' if tag else ''}. Choose a process count that divides the "
                             f"batches, or set them with --set, e.g. --set dmvae.batch=32.")
     out = _writable(Path(args.out))
-    cache = Cache(args.cache_dir)
+    cache = Cache(_writable_cache(args.cache_dir))
     failed = 0
     with _locked(out, hold=D.rank() == 0):
         for tag, cfg in cfgs:
@@ -235,6 +235,7 @@ def _launch(args, priors: list[str], cfgs) -> int:
     settings = JobSettings(cluster=args.slurm_cluster, partition=args.slurm_partition, gpus=args.slurm_gpus,
                            time_min=args.slurm_time, mem_gb=args.slurm_mem, cpus_per_task=args.slurm_cpus)
     out = _writable(Path(args.out))
+    _writable_cache(args.cache_dir)  # the jobs write there too
     with _locked(out):
         return launch(base, priors, cfgs[0][1].training_seeds, out, settings)
 
@@ -292,8 +293,8 @@ def _add_prior_args(p, size: bool = True, defaults: bool = True) -> None:
     if size:
         p.add_argument("--size", default="cpu", choices=("smoke", "cpu", "gpu"),
                        help="training budget of the locally trained feature networks")
-    p.add_argument("--cache-dir", help="content-addressed cache (default ~/.cache/dmvae-bench "
-                                       "or $DMVAE_CACHE)")
+    p.add_argument("--cache-dir", help="content-addressed cache, dataset downloads in its data/ "
+                                       "(default $DMVAE_CACHE, else ~/.cache/dmvae-bench)")
     p.add_argument("--seed", type=int, default=d(0))
 
 
@@ -323,11 +324,12 @@ def _priors(argv) -> int:
     from priors.base import PriorSettings
     from priors.check import run_checks, summary_lines
 
+    cache = Cache(_writable_cache(args.cache_dir))
     data = load_dataset(DataSpec(args.dataset, args.resolution, root=args.data_root,
-                                 limit=args.limit, seed=args.seed))
+                                 limit=args.limit, seed=args.seed, cache_dir=str(cache.root)))
     settings = PriorSettings(features=args.features, weights_dir=args.weights_dir,
                              size=args.size, seed=args.seed)
-    report = run_checks(names, settings, data, Cache(args.cache_dir))
+    report = run_checks(names, settings, data, cache)
     print("\nSummary (" + data.source + ")\n" + summary_lines(report))
     if args.json:
         atomic_write_json(Path(args.json), {"data_source": data.source, "priors": report})
@@ -341,11 +343,32 @@ def _split(text: str) -> list[str]:
 def _writable(out: Path) -> Path:
     """Create the output folder or explain why it cannot be written."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_text("")
-        probe.unlink()
+        _probe(out)
     except OSError as e:
         raise UserError(f"Cannot write to the output folder '{out}' ({e.strerror}). Pass a "
                         f"writable folder with --out DIR.") from None
     return out
+
+
+def _writable_cache(cache_dir: str | None) -> Path:
+    """The cache root (--cache-dir, else $DMVAE_CACHE, else the default), created, or why it cannot be."""
+    from bench.cache import default_root
+
+    root = Path(cache_dir) if cache_dir else default_root()
+    given = ("given by --cache-dir" if cache_dir else
+             "given by $DMVAE_CACHE" if os.environ.get("DMVAE_CACHE") else "the default cache folder")
+    try:
+        _probe(root)
+    except OSError as e:
+        raise UserError(f"Cannot write to the cache folder '{root}' ({given}): {e.strerror}. The cache holds "
+                        f"feature networks, latents, Inception statistics and downloaded datasets; pass a "
+                        f"writable folder with --cache-dir DIR or set $DMVAE_CACHE to one.") from None
+    return root
+
+
+def _probe(folder: Path) -> None:
+    """Create the folder and a file in it (OSError when either fails)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
+    probe.write_text("")
+    probe.unlink()

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from bench.errors import UserError, unknown
 
-CACHE_DIR = Path.home() / ".cache" / "dmvae-bench" / "data"
 FMNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,6 +38,8 @@ class DataSpec:
     limit: int | None = None         # cap on images per split, class-balanced (fast presets)
     seed: int = 0                    # drives the val split, the limit subset and synthetic data
     val_fraction: float = 0.1        # share of the official train split held out as val
+    cache_dir: str | None = None     # the cache root (--cache-dir; None: $DMVAE_CACHE or the default):
+                                     # downloads go to <cache root>/data
 
     def __post_init__(self):
         for ok, what in [(self.resolution >= 8, "resolution must be at least 8"),
@@ -184,6 +185,12 @@ def center_crop_arr(image, resolution: int) -> np.ndarray:
     return arr[top:top + resolution, left:left + resolution]
 
 
+def download_dir(spec: DataSpec) -> Path:
+    """Where downloaded datasets live: <cache root>/data, the cache root of bench/cache.py."""
+    from bench.cache import default_root
+    return Path(spec.cache_dir or default_root()) / "data"
+
+
 def _one_line(e: Exception) -> str:
     """A download error as one line (torchvision's span several), for one-paragraph UserErrors."""
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -221,19 +228,20 @@ def _fashion_mnist(spec: DataSpec) -> _Raw:
                 f"in its FashionMNIST/raw). Put those four idx files there, or drop --data-root to use "
                 f"the Debian package in {FMNIST_DEBIAN_DIR} after `{FMNIST_INSTALL}` (as root).")
     else:
-        files = _find_idx_files(FMNIST_DEBIAN_DIR) or _find_idx_files(CACHE_DIR)
+        cache_dir = download_dir(spec)
+        files = _find_idx_files(FMNIST_DEBIAN_DIR) or _find_idx_files(cache_dir)
         if files is None:
             try:
                 from torchvision.datasets import FashionMNIST
                 for train in (True, False):
-                    FashionMNIST(str(CACHE_DIR), train=train, download=True)
+                    FashionMNIST(str(cache_dir), train=train, download=True)
             except Exception as e:                    # offline: urllib/socket errors of any kind
                 raise UserError(
-                    f"Fashion-MNIST not found in {FMNIST_DEBIAN_DIR} or {CACHE_DIR}, and downloading it "
+                    f"Fashion-MNIST not found in {FMNIST_DEBIAN_DIR} or {cache_dir}, and downloading it "
                     f"failed ({_one_line(e)}). Install it with `{FMNIST_INSTALL}` (as root), or pass "
                     f"--data-root DIR with {wanted}, or run once with internet access to download it "
-                    f"into {CACHE_DIR}.") from e
-            files = _find_idx_files(CACHE_DIR)
+                    f"into {cache_dir}.") from e
+            files = _find_idx_files(cache_dir)
     train_x, train_y, test_x, test_y = (_read_idx(p) for p in files)
 
     def pool(x: np.ndarray, y: np.ndarray) -> _Pool:
@@ -253,7 +261,7 @@ def _fashion_mnist(spec: DataSpec) -> _Raw:
 
 def _cifar10(spec: DataSpec) -> _Raw:
     from torchvision.datasets import CIFAR10
-    root = Path(spec.root) if spec.root is not None else CACHE_DIR
+    root = Path(spec.root) if spec.root is not None else download_dir(spec)
     try:
         sets = [CIFAR10(str(root), train=t, download=False) for t in (True, False)]
     except RuntimeError:                              # "Dataset not found or corrupted"

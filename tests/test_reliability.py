@@ -176,3 +176,44 @@ def test_out_turning_read_only_names_a_lock_it_cannot_remove(tmp_path, monkeypat
     assert rc == 2
     _one_paragraph(err)
     assert f"lock file '{out / '.run.lock'}' could not be removed" in err
+
+
+# ------------------------------------------------------------------ 2: an unwritable cache folder
+@pytest.mark.parametrize("how", ["--cache-dir", "$DMVAE_CACHE"])
+def test_unwritable_cache_folder_is_one_paragraph_before_any_work(tmp_path, monkeypatch, capsys, how):
+    from bench.study import runner
+
+    monkeypatch.setattr(runner, "run_study", lambda *a, **k: pytest.fail("the study started"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    argv = ["--preset", "smoke", "--dataset", "synthetic", "--priors", "gaussian", "--out", str(tmp_path / "out")]
+    if how == "--cache-dir":
+        argv += ["--cache-dir", str(a_file)]
+    else:
+        monkeypatch.setenv("DMVAE_CACHE", str(a_file / "sub"))  # below a file: cannot be created
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "Cannot write to the cache folder" in err and how in err
+    assert main(["priors", "--check", "--priors", "gaussian", "--dataset", "synthetic",
+                 *(["--cache-dir", str(a_file)] if how == "--cache-dir" else [])]) == 2
+    assert "Cannot write to the cache folder" in capsys.readouterr().err
+
+
+def test_dataset_downloads_go_to_the_cache_root(tmp_path, monkeypatch):
+    import torchvision.datasets
+    from bench.data import DataSpec, load_dataset
+
+    roots = []
+
+    class Offline:  # CIFAR10 absent and no network
+        def __init__(self, root, train, download):
+            roots.append(Path(root))
+            raise RuntimeError("Dataset not found or corrupted.")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    monkeypatch.setenv("DMVAE_CACHE", str(tmp_path / "env-cache"))
+    with pytest.raises(UserError, match="CIFAR-10 not found"):
+        load_dataset(DataSpec("cifar10", 32))
+    with pytest.raises(UserError, match="CIFAR-10 not found"):
+        load_dataset(DataSpec("cifar10", 32, cache_dir=str(tmp_path / "flag-cache")))
+    assert set(roots) == {tmp_path / "env-cache" / "data", tmp_path / "flag-cache" / "data"}

@@ -59,7 +59,8 @@ class Context:
     @cached_property
     def data(self):
         c = self.cfg
-        return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed))
+        return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed,
+                                     cache_dir=str(self.cache.root)))
 
     @cached_property
     def data_fp(self) -> str:
