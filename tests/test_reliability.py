@@ -217,3 +217,31 @@ def test_dataset_downloads_go_to_the_cache_root(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="CIFAR-10 not found"):
         load_dataset(DataSpec("cifar10", 32, cache_dir=str(tmp_path / "flag-cache")))
     assert set(roots) == {tmp_path / "env-cache" / "data", tmp_path / "flag-cache" / "data"}
+
+
+# ------------------------------------------------------------------ 6: stage records carry a checksum
+def test_edited_stage_record_is_damaged_and_recomputed(tmp_path):
+    import torch
+    from bench.study.stages import StageStore
+
+    store = StageStore(tmp_path)
+    store.save("gaussian", "evaluate", "k1", {"w": torch.ones(2)}, {"rfid": 12.5, "gfid": {"mean": 40.0}},
+               collective=False)
+    state, record = store.load("gaussian", "evaluate", "k1")
+    assert record["rfid"] == 12.5 and record["gfid"] == {"mean": 40.0} and "record_sha256" not in record
+    path = store.dir("gaussian", "evaluate", "k1") / "record.json"
+    path.write_text(path.read_text().replace("12.5", "1.5"))  # a better-looking number, by hand
+    with pytest.warns(UserWarning, match=f"stage record {path} does not match its checksum"):
+        assert store.load("gaussian", "evaluate", "k1") is None  # damaged: the stage recomputes
+    store.save("gaussian", "evaluate", "k1", {"w": torch.ones(2)}, {"rfid": 12.5}, collective=False)
+    assert store.load("gaussian", "evaluate", "k1")[1]["rfid"] == 12.5
+
+
+def test_stage_record_of_older_code_without_checksum_still_loads(tmp_path):
+    from bench.study.stages import StageStore
+
+    store = StageStore(tmp_path)
+    d = store.dir("gaussian", "prior", "k0")
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps({"provenance": {"source": "analytic"}, "key": "k0"}))
+    assert store.load("gaussian", "prior", "k0", tensors=False)[1]["provenance"] == {"source": "analytic"}
