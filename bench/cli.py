@@ -332,7 +332,8 @@ def _priors(argv) -> int:
     report = run_checks(names, settings, data, cache)
     print("\nSummary (" + data.source + ")\n" + summary_lines(report))
     if args.json:
-        atomic_write_json(Path(args.json), {"data_source": data.source, "priors": report})
+        atomic_write_json(Path(args.json), {"data_source": data.source, "data_skipped_files": list(data.skipped),
+                                            "priors": report})
     return 0 if all(r["status"] == "ok" for r in report.values()) else 1
 
 

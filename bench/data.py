@@ -5,12 +5,15 @@ at the requested resolution); `load_dataset` then holds out a stratified, seeded
 train, caps each split at `limit` (class-balanced) and decodes only what it keeps. The datasets are
 the keys of `DATASETS`: fashion-mnist (the embedded default, Debian's dataset-fashion-mnist),
 cifar10, imagefolder (ImageNet layout, ADM center crop) and synthetic (procedural, no files).
+An imagefolder file that cannot be decoded (truncated, not an image) is skipped, named on stderr and
+recorded in Splits.source / Splits.skipped; too many of them stop the load (_check_unreadable).
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -67,14 +70,20 @@ class Splits:
     test: ImageSet
     num_classes: int
     channels: int
-    source: str            # which files/dirs were read, and how they were resized
+    source: str            # which files/dirs were read, and how they were resized (and what was skipped)
+    skipped: tuple[str, ...] = ()  # files left out because they could not be decoded: "path (reason)"
 
 
 @dataclass(frozen=True)
 class _Pool:
-    """An official split before decoding: labels, and indices -> (n, C, R, R) in [-1, 1]."""
+    """An official split before decoding: labels, and indices -> (n, C, R, R) in [-1, 1].
+
+    A file-backed pool (imagefolder) leaves out the files it cannot decode: fetch returns the images of
+    the others, and `unreadable` maps each left-out index to "path (reason)".
+    """
     labels: np.ndarray
     fetch: Callable[[np.ndarray], torch.Tensor]
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,15 +111,47 @@ def load_dataset(spec: DataSpec) -> Splits:
     else:
         test_idx = np.arange(len(test_pool.labels))
 
+    read, bad = [], []  # labels of the files decoded, and of those that could not be
+
     def take(pool: _Pool, idx: np.ndarray) -> ImageSet:
         idx = _balanced_subset(pool.labels, idx, spec.limit, rng)
         images = _to_channels(pool.fetch(idx), spec.channels)
+        unreadable = np.isin(idx, list(pool.unreadable))
+        read.append(pool.labels[idx])
+        bad.append(pool.labels[idx[unreadable]])
+        idx = idx[~unreadable]
         return ImageSet(images.float().contiguous(), torch.from_numpy(pool.labels[idx]).long(),
                         list(raw.class_names))
 
     train, val = take(raw.train, train_idx), take(raw.train, val_idx)
-    return Splits(train, val, take(test_pool, test_idx), len(raw.class_names), train.images.shape[1],
-                  raw.source)
+    test = take(test_pool, test_idx)
+    skipped = tuple(sorted({*raw.train.unreadable.values(), *(raw.test.unreadable.values() if raw.test else ())}))
+    source = raw.source
+    if skipped:
+        source += _check_unreadable(skipped, np.concatenate(read), np.concatenate(bad), raw.class_names)
+    return Splits(train, val, test, len(raw.class_names), train.images.shape[1], source, skipped)
+
+
+MAX_UNREADABLE_SHARE = 0.01  # of the image files read; see _check_unreadable
+
+
+def _check_unreadable(skipped, read: np.ndarray, bad: np.ndarray, class_names) -> str:
+    """Skipping a few undecodable files is fine; many point at a broken copy. Too many, and an error, when
+    more than 1% of the files read (at least one file is always tolerated) could not be decoded, or every
+    file read of some class. Otherwise the files are named on stderr; returns the note for the source."""
+    n_read, n_bad = (np.bincount(x, minlength=len(class_names)) for x in (read, bad))  # per class
+    empty = [class_names[c] for c in np.flatnonzero((n_read > 0) & (n_bad == n_read))]
+    listed = "; ".join(skipped[:10]) + (f"; and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    if len(bad) > max(1, MAX_UNREADABLE_SHARE * len(read)) or empty:
+        why = (f"every file read of class {', '.join(empty[:5])} is" if empty else
+               f"more than {MAX_UNREADABLE_SHARE:.0%} of them are")
+        raise UserError(f"{len(bad)} of the {len(read)} image files read could not be decoded, and {why} "
+                        f"unreadable, too many to skip: {listed}. Replace or remove the damaged files (a "
+                        f"partial copy or download is the usual cause), then run again.")
+    note = f"skipped {len(skipped)} unreadable image file(s) of {len(read)} read: {listed}"
+    print(f"warning: {note}" + (" (all of them: Splits.skipped, results.json meta.data.skipped_files)"
+                                if len(skipped) > 10 else ""), file=sys.stderr)
+    return f", {note}"
 
 
 def dataset_fingerprint(splits: Splits) -> str:
@@ -313,11 +354,19 @@ def _imagefolder(spec: DataSpec) -> _Raw:
     res = spec.resolution
 
     def pool(paths, labels) -> _Pool:
+        unreadable: dict[int, str] = {}
+
         def fetch(idx):
-            arrs = [center_crop_arr(Image.open(paths[i]).convert("RGB"), res) for i in idx]
+            arrs = []
+            for i in idx:
+                try:
+                    with Image.open(paths[i]) as image:
+                        arrs.append(center_crop_arr(image.convert("RGB"), res))
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                    unreadable[int(i)] = f"{paths[i]} ({_one_line(e)})"  # truncated, not an image, ...
             x = np.stack(arrs) if arrs else np.zeros((0, res, res, 3), np.uint8)
             return _uint8_to_unit(torch.from_numpy(x).permute(0, 3, 1, 2))      # (n, 3, R, R)
-        return _Pool(labels, fetch)
+        return _Pool(labels, fetch, unreadable)
 
     test, source = None, f"imagefolder: {train_dir} ({len(paths)} images, {len(classes)} classes)"
     val_dir = root / "val"

@@ -245,3 +245,80 @@ def test_stage_record_of_older_code_without_checksum_still_loads(tmp_path):
     d.mkdir(parents=True)
     (d / "record.json").write_text(json.dumps({"provenance": {"source": "analytic"}, "key": "k0"}))
     assert store.load("gaussian", "prior", "k0", tensors=False)[1]["provenance"] == {"source": "analytic"}
+
+
+# ------------------------------------------------------------------ 1: unreadable files in an imagefolder
+def _image_tree(root: Path, per_class: int, classes=("cat", "dog")) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(per_class):  # noise: the image data fills most of the file
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(root / "train" / c / f"{i:03d}.png")
+    return root
+
+
+def _damage(root: Path, cls: str, n: int, truncate_first: bool = True) -> list[str]:
+    """Truncate the first n files of a class (the first only when truncate_first) and replace the others
+    with text: before the fix, either ended the run with a traceback."""
+    files = sorted((root / "train" / cls).glob("*.png"))[:n]
+    for i, f in enumerate(files):
+        if i == 0 and truncate_first:
+            f.write_bytes(f.read_bytes()[:200])  # OSError: image file is truncated
+        else:
+            f.write_text("not an image")        # PIL.UnidentifiedImageError
+    return [str(f) for f in files]
+
+
+def test_a_few_unreadable_images_are_skipped_and_recorded(tmp_path, capsys):
+    from bench.data import DataSpec, load_dataset
+
+    root = _image_tree(tmp_path, 110)  # 220 files: 2 unreadable is within 1%
+    bad = _damage(root, "cat", 1) + _damage(root, "dog", 1, truncate_first=False)
+    s = load_dataset(DataSpec("imagefolder", 8, root=str(root)))
+    assert len(s.train) + len(s.val) + len(s.test) == 218
+    assert [Path(x.split(" (")[0]) for x in s.skipped] == sorted(map(Path, bad))
+    assert "skipped 2 unreadable image file(s) of 220 read" in s.source and all(b in s.source for b in bad)
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable image file(s)" in err and all(b in err for b in bad)
+
+
+def test_skipped_images_reach_results_json(tmp_path, monkeypatch, capsys):
+    from bench.study import runner
+
+    class Failing:
+        def __init__(self, *a, **k):
+            raise UserError("stub prior")
+    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": 2, "provenance": {},
+                                                           "feature_source": {}, "stage_keys": {}})
+    monkeypatch.setattr(runner.Context, "floors", None)
+    monkeypatch.setattr(runner, "PriorRun", Failing)
+    root = _image_tree(tmp_path / "data", 110)
+    bad = _damage(root, "dog", 1)
+    out = tmp_path / "out"
+    main(["--preset", "smoke", "--dataset", "imagefolder", "--data-root", str(root), "--resolution", "8",
+          "--priors", "gaussian", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    data = json.loads((out / "results.json").read_text())["meta"]["data"]
+    assert [x.split(" (")[0] for x in data["skipped_files"]] == bad and bad[0] in data["source"]
+
+
+@pytest.mark.parametrize("case", ["share", "class"])
+def test_too_many_unreadable_images_is_one_paragraph(tmp_path, case):
+    from bench.data import DataSpec, load_dataset
+
+    if case == "share":  # 3 of 20 files
+        root = _image_tree(tmp_path, 10)
+        bad = _damage(root, "cat", 3)
+        need = "more than 1% of them are unreadable"
+    else:                # 1 of 221 files, but the only one of its class
+        root = _image_tree(tmp_path, 110)
+        _image_tree(tmp_path / "more", 1, ("bird",))
+        (tmp_path / "more" / "train" / "bird").rename(root / "train" / "bird")
+        bad = _damage(root, "bird", 1)
+        need = "every file read of class bird is unreadable"
+    with pytest.raises(UserError) as e:
+        load_dataset(DataSpec("imagefolder", 8, root=str(root)))
+    msg = str(e.value)
+    assert need in msg and all(b in msg for b in bad) and "\n" not in msg and "Replace or remove" in msg

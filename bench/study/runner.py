@@ -2,6 +2,7 @@
 
 results.json (SCHEMA_VERSION):
   meta: config (resolved) + config_hash, preset and command line, git commit, package versions, device, world size, seeds,
+        data {source: the files read and how, skipped_files: image files that could not be decoded},
         weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
         every evaluation setting, stage keys per training seed, floors {fid_real_vs_real}, wall time
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason;
@@ -151,6 +152,7 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
     results = {"meta": _meta(cfg, priors, cache, command), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
     ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
     ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
+    results["meta"]["data"] = {"source": ctx.data.source, "skipped_files": list(ctx.data.skipped)}
     if ctx.floors is not None:  # real vs real FID at the gFID's N: the statistic's floor
         results["meta"]["floors"] = ctx.floors
         ctx.write()
