@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from bench.io import atomic_write_json
 
 
-
 def default_root() -> Path:
     """The cache root when --cache-dir is not given: $DMVAE_CACHE, else ~/.cache/dmvae-bench (read at call
     time, so every user of the cache, the data downloads included, sees the same folder)."""
