@@ -18,7 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from bench.io import atomic_write_json
 
-DEFAULT_ROOT = Path(os.environ.get("DMVAE_CACHE", Path.home() / ".cache" / "dmvae-bench"))
+
+def default_root() -> Path:
+    """The cache root when --cache-dir is not given: $DMVAE_CACHE, else ~/.cache/dmvae-bench (read at call
+    time, so every user of the cache, the data downloads included, sees the same folder)."""
+    return Path(os.environ.get("DMVAE_CACHE") or Path.home() / ".cache" / "dmvae-bench")
 
 
 def content_key(*parts) -> str:
@@ -39,7 +43,7 @@ class Cache:
     """Save and load named tensors under (kind, key)."""
 
     def __init__(self, root: Path | str | None = None):
-        self.root = Path(root) if root else DEFAULT_ROOT
+        self.root = Path(root) if root else default_root()
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key

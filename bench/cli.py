@@ -119,7 +119,6 @@ def _study(argv) -> int:
               "not trainable on a CPU machine.")
     from bench import distributed as D
     from bench.cache import Cache
-    from bench.runlock import RunLock
     from bench.study.runner import run_study, summary
 
     D.init()
@@ -132,9 +131,9 @@ def _study(argv) -> int:
                             f"{f' (ablation {tag})' if tag else ''}. Choose a process count that divides the "
                             f"batches, or set them with --set, e.g. --set dmvae.batch=32.")
     out = _writable(Path(args.out))
-    cache = Cache(args.cache_dir)
+    cache = Cache(_writable_cache(args.cache_dir))
     failed = 0
-    with (RunLock(out) if D.rank() == 0 else contextlib.nullcontext()):
+    with _locked(out, hold=D.rank() == 0):
         for tag, cfg in cfgs:
             run_out = out / "ablate" / tag if tag else out
             results = run_study(cfg, priors, run_out, tuple(args.force), cache, store_root=out,
@@ -145,6 +144,43 @@ def _study(argv) -> int:
         if D.rank() == 0:
             _write_report(out)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _locked(out: Path, hold: bool = True):
+    """Hold out/.run.lock (when `hold`) around a run; the folder turning unwritable is one paragraph."""
+    from bench.io import written_under
+    from bench.runlock import RunLock
+
+    lock = RunLock(out) if hold else None
+    try:
+        with (lock or contextlib.nullcontext()):
+            yield
+    except OSError as e:
+        if not written_under(e, out):
+            raise
+        raise UserError(_unwritable_message(out, e, lock)) from None
+    if lock is not None and lock.release_error is not None:
+        print(f"warning: the lock file '{lock.path}' could not be removed ({lock.release_error.strerror}); "
+              f"remove it if no run is active.", file=sys.stderr)
+
+
+def _unwritable_message(out: Path, e: OSError, lock) -> str:
+    """What went wrong, what was kept, how to resume, and what became of the lock."""
+    what = f"{e.strerror or e} on '{e.filename}'" if e.filename else str(e.strerror or e)
+    if lock is None:
+        held = ""
+    elif lock.release_error is None:
+        held = " The run's lock was removed."
+    else:
+        held = (f" Its lock file '{lock.path}' could not be removed ({lock.release_error.strerror}); "
+                f"delete it once the folder is writable, if no run is active (a new run on this host also "
+                f"takes it over, as its process is gone).")
+    return (f"The output folder '{out}' became unwritable during the run ({what}). What was written "
+            f"before is kept: finished stages under '{out / 'stages'}' and results.json as of its last "
+            f"complete write (files are replaced atomically, so none is half-written). Make the folder "
+            f"writable (or free space) and run the same command again: it resumes from the finished "
+            f"stages.{held}")
 
 
 def _toy2d(argv) -> int:
@@ -187,7 +223,6 @@ def _toy2d(argv) -> int:
 def _launch(args, priors: list[str], cfgs) -> int:
     """--launcher submitit: the same study as one job per prior and training seed (bench/launch.py)."""
     from bench.launch import JobSettings, launch
-    from bench.runlock import RunLock
 
     if args.ablate:
         raise UserError("--launcher submitit does not take --ablate; launch one sweep per value with "
@@ -201,7 +236,8 @@ def _launch(args, priors: list[str], cfgs) -> int:
     settings = JobSettings(cluster=args.slurm_cluster, partition=args.slurm_partition, gpus=args.slurm_gpus,
                            time_min=args.slurm_time, mem_gb=args.slurm_mem, cpus_per_task=args.slurm_cpus)
     out = _writable(Path(args.out))
-    with RunLock(out):
+    _writable_cache(args.cache_dir)  # the jobs write there too
+    with _locked(out):
         return launch(base, priors, cfgs[0][1].training_seeds, out, settings)
 
 
@@ -258,8 +294,8 @@ def _add_prior_args(p, size: bool = True, defaults: bool = True) -> None:
     if size:
         p.add_argument("--feature-size", "--size", dest="feature_size", default="cpu", choices=("smoke", "cpu", "gpu"),
                        help="training budget of the locally trained feature networks (the study's feature_size)")
-    p.add_argument("--cache-dir", help="content-addressed cache (default ~/.cache/dmvae-bench "
-                                       "or $DMVAE_CACHE)")
+    p.add_argument("--cache-dir", help="content-addressed cache, dataset downloads in its data/ "
+                                       "(default $DMVAE_CACHE, else ~/.cache/dmvae-bench)")
     p.add_argument("--seed", type=int, default=d(0))
 
 
@@ -289,14 +325,16 @@ def _priors(argv) -> int:
     from priors.base import PriorSettings
     from priors.check import run_checks, summary_lines
 
+    cache = Cache(_writable_cache(args.cache_dir))
     data = load_dataset(DataSpec(args.dataset, args.resolution, root=args.data_root,
-                                 limit=args.limit, seed=args.seed))
+                                 limit=args.limit, seed=args.seed, cache_dir=str(cache.root)))
     settings = PriorSettings(features=args.features, weights_dir=args.weights_dir,
                              feature_size=args.feature_size, seed=args.seed)
-    report = run_checks(names, settings, data, Cache(args.cache_dir))
+    report = run_checks(names, settings, data, cache)
     print("\nSummary (" + data.source + ")\n" + summary_lines(report))
     if args.json:
-        atomic_write_json(Path(args.json), {"data_source": data.source, "priors": report})
+        atomic_write_json(Path(args.json), {"data_source": data.source, "data_skipped_files": list(data.skipped),
+                                            "priors": report})
     return 0 if all(r["status"] == "ok" for r in report.values()) else 1
 
 
@@ -319,11 +357,32 @@ def _split(text: str) -> list[str]:
 def _writable(out: Path) -> Path:
     """Create the output folder or explain why it cannot be written."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_text("")
-        probe.unlink()
+        _probe(out)
     except OSError as e:
         raise UserError(f"Cannot write to the output folder '{out}' ({e.strerror}). Pass a "
                         f"writable folder with --out DIR.") from None
     return out
+
+
+def _writable_cache(cache_dir: str | None) -> Path:
+    """The cache root (--cache-dir, else $DMVAE_CACHE, else the default), created, or why it cannot be."""
+    from bench.cache import default_root
+
+    root = Path(cache_dir) if cache_dir else default_root()
+    given = ("given by --cache-dir" if cache_dir else
+             "given by $DMVAE_CACHE" if os.environ.get("DMVAE_CACHE") else "the default cache folder")
+    try:
+        _probe(root)
+    except OSError as e:
+        raise UserError(f"Cannot write to the cache folder '{root}' ({given}): {e.strerror}. The cache holds "
+                        f"feature networks, latents, Inception statistics and downloaded datasets; pass a "
+                        f"writable folder with --cache-dir DIR or set $DMVAE_CACHE to one.") from None
+    return root
+
+
+def _probe(folder: Path) -> None:
+    """Create the folder and a file in it (OSError when either fails)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
+    probe.write_text("")
+    probe.unlink()

@@ -5,12 +5,15 @@ at the requested resolution); `load_dataset` then holds out a stratified, seeded
 train, caps each split at `limit` (class-balanced) and decodes only what it keeps. The datasets are
 the keys of `DATASETS`: fashion-mnist (the embedded default, Debian's dataset-fashion-mnist),
 cifar10, imagefolder (ImageNet layout, ADM center crop) and synthetic (procedural, no files).
+An imagefolder file that cannot be decoded (truncated, not an image) is skipped, named on stderr and
+recorded in Splits.source / Splits.skipped; too many of them stop the load (_check_unreadable).
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +23,6 @@ import torch.nn.functional as F
 
 from bench.errors import UserError, unknown
 
-CACHE_DIR = Path.home() / ".cache" / "dmvae-bench" / "data"
 FMNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,6 +41,8 @@ class DataSpec:
     limit: int | None = None         # cap on images per split, class-balanced (fast presets)
     seed: int = 0                    # drives the val split, the limit subset and synthetic data
     val_fraction: float = 0.1        # share of the official train split held out as val
+    cache_dir: str | None = None     # the cache root (--cache-dir; None: $DMVAE_CACHE or the default):
+                                     # downloads go to <cache root>/data
 
     def __post_init__(self):
         for ok, what in [(self.resolution >= 8, "resolution must be at least 8"),
@@ -66,14 +70,20 @@ class Splits:
     test: ImageSet
     num_classes: int
     channels: int
-    source: str            # which files/dirs were read, and how they were resized
+    source: str            # which files/dirs were read, and how they were resized (and what was skipped)
+    skipped: tuple[str, ...] = ()  # files left out because they could not be decoded: "path (reason)"
 
 
 @dataclass(frozen=True)
 class _Pool:
-    """An official split before decoding: labels, and indices -> (n, C, R, R) in [-1, 1]."""
+    """An official split before decoding: labels, and indices -> (n, C, R, R) in [-1, 1].
+
+    A file-backed pool (imagefolder) leaves out the files it cannot decode: fetch returns the images of
+    the others, and `unreadable` maps each left-out index to "path (reason)".
+    """
     labels: np.ndarray
     fetch: Callable[[np.ndarray], torch.Tensor]
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,15 +111,47 @@ def load_dataset(spec: DataSpec) -> Splits:
     else:
         test_idx = np.arange(len(test_pool.labels))
 
+    read, bad = [], []  # labels of the files decoded, and of those that could not be
+
     def take(pool: _Pool, idx: np.ndarray) -> ImageSet:
         idx = _balanced_subset(pool.labels, idx, spec.limit, rng)
         images = _to_channels(pool.fetch(idx), spec.channels)
+        unreadable = np.isin(idx, list(pool.unreadable))
+        read.append(pool.labels[idx])
+        bad.append(pool.labels[idx[unreadable]])
+        idx = idx[~unreadable]
         return ImageSet(images.float().contiguous(), torch.from_numpy(pool.labels[idx]).long(),
                         list(raw.class_names))
 
     train, val = take(raw.train, train_idx), take(raw.train, val_idx)
-    return Splits(train, val, take(test_pool, test_idx), len(raw.class_names), train.images.shape[1],
-                  raw.source)
+    test = take(test_pool, test_idx)
+    skipped = tuple(sorted({*raw.train.unreadable.values(), *(raw.test.unreadable.values() if raw.test else ())}))
+    source = raw.source
+    if skipped:
+        source += _check_unreadable(skipped, np.concatenate(read), np.concatenate(bad), raw.class_names)
+    return Splits(train, val, test, len(raw.class_names), train.images.shape[1], source, skipped)
+
+
+MAX_UNREADABLE_SHARE = 0.01  # of the image files read; see _check_unreadable
+
+
+def _check_unreadable(skipped, read: np.ndarray, bad: np.ndarray, class_names) -> str:
+    """Skipping a few undecodable files is fine; many point at a broken copy. Too many, and an error, when
+    more than 1% of the files read (at least one file is always tolerated) could not be decoded, or every
+    file read of some class. Otherwise the files are named on stderr; returns the note for the source."""
+    n_read, n_bad = (np.bincount(x, minlength=len(class_names)) for x in (read, bad))  # per class
+    empty = [class_names[c] for c in np.flatnonzero((n_read > 0) & (n_bad == n_read))]
+    listed = "; ".join(skipped[:10]) + (f"; and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    if len(bad) > max(1, MAX_UNREADABLE_SHARE * len(read)) or empty:
+        why = (f"every file read of class {', '.join(empty[:5])} is" if empty else
+               f"more than {MAX_UNREADABLE_SHARE:.0%} of them are")
+        raise UserError(f"{len(bad)} of the {len(read)} image files read could not be decoded, and {why} "
+                        f"unreadable, too many to skip: {listed}. Replace or remove the damaged files (a "
+                        f"partial copy or download is the usual cause), then run again.")
+    note = f"skipped {len(skipped)} unreadable image file(s) of {len(read)} read: {listed}"
+    print(f"warning: {note}" + (" (all of them: Splits.skipped, results.json meta.data.skipped_files)"
+                                if len(skipped) > 10 else ""), file=sys.stderr)
+    return f", {note}"
 
 
 def dataset_fingerprint(splits: Splits) -> str:
@@ -184,6 +226,12 @@ def center_crop_arr(image, resolution: int) -> np.ndarray:
     return arr[top:top + resolution, left:left + resolution]
 
 
+def download_dir(spec: DataSpec) -> Path:
+    """Where downloaded datasets live: <cache root>/data, the cache root of bench/cache.py."""
+    from bench.cache import default_root
+    return Path(spec.cache_dir or default_root()) / "data"
+
+
 def _one_line(e: Exception) -> str:
     """A download error as one line (torchvision's span several), for one-paragraph UserErrors."""
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -221,19 +269,20 @@ def _fashion_mnist(spec: DataSpec) -> _Raw:
                 f"in its FashionMNIST/raw). Put those four idx files there, or drop --data-root to use "
                 f"the Debian package in {FMNIST_DEBIAN_DIR} after `{FMNIST_INSTALL}` (as root).")
     else:
-        files = _find_idx_files(FMNIST_DEBIAN_DIR) or _find_idx_files(CACHE_DIR)
+        cache_dir = download_dir(spec)
+        files = _find_idx_files(FMNIST_DEBIAN_DIR) or _find_idx_files(cache_dir)
         if files is None:
             try:
                 from torchvision.datasets import FashionMNIST
                 for train in (True, False):
-                    FashionMNIST(str(CACHE_DIR), train=train, download=True)
+                    FashionMNIST(str(cache_dir), train=train, download=True)
             except Exception as e:                    # offline: urllib/socket errors of any kind
                 raise UserError(
-                    f"Fashion-MNIST not found in {FMNIST_DEBIAN_DIR} or {CACHE_DIR}, and downloading it "
+                    f"Fashion-MNIST not found in {FMNIST_DEBIAN_DIR} or {cache_dir}, and downloading it "
                     f"failed ({_one_line(e)}). Install it with `{FMNIST_INSTALL}` (as root), or pass "
                     f"--data-root DIR with {wanted}, or run once with internet access to download it "
-                    f"into {CACHE_DIR}.") from e
-            files = _find_idx_files(CACHE_DIR)
+                    f"into {cache_dir}.") from e
+            files = _find_idx_files(cache_dir)
     train_x, train_y, test_x, test_y = (_read_idx(p) for p in files)
 
     def pool(x: np.ndarray, y: np.ndarray) -> _Pool:
@@ -253,7 +302,7 @@ def _fashion_mnist(spec: DataSpec) -> _Raw:
 
 def _cifar10(spec: DataSpec) -> _Raw:
     from torchvision.datasets import CIFAR10
-    root = Path(spec.root) if spec.root is not None else CACHE_DIR
+    root = Path(spec.root) if spec.root is not None else download_dir(spec)
     try:
         sets = [CIFAR10(str(root), train=t, download=False) for t in (True, False)]
     except RuntimeError:                              # "Dataset not found or corrupted"
@@ -305,11 +354,19 @@ def _imagefolder(spec: DataSpec) -> _Raw:
     res = spec.resolution
 
     def pool(paths, labels) -> _Pool:
+        unreadable: dict[int, str] = {}
+
         def fetch(idx):
-            arrs = [center_crop_arr(Image.open(paths[i]).convert("RGB"), res) for i in idx]
+            arrs = []
+            for i in idx:
+                try:
+                    with Image.open(paths[i]) as image:
+                        arrs.append(center_crop_arr(image.convert("RGB"), res))
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                    unreadable[int(i)] = f"{paths[i]} ({_one_line(e)})"  # truncated, not an image, ...
             x = np.stack(arrs) if arrs else np.zeros((0, res, res, 3), np.uint8)
             return _uint8_to_unit(torch.from_numpy(x).permute(0, 3, 1, 2))      # (n, 3, R, R)
-        return _Pool(labels, fetch)
+        return _Pool(labels, fetch, unreadable)
 
     test, source = None, f"imagefolder: {train_dir} ({len(paths)} images, {len(classes)} classes)"
     val_dir = root / "val"

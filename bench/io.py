@@ -20,6 +20,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -28,6 +29,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def written_under(e: OSError, *folders: Path) -> bool:
+    """Did this OSError come from a path inside one of the folders (the output folder going read-only or
+    full), rather than from reading an input?"""
+    roots = [Path(f).resolve() for f in folders]
+    for name in (e.filename, e.filename2):
+        if name is None:
+            continue
+        path = Path(os.fsdecode(name)).resolve()
+        if any(path == r or r in path.parents for r in roots):
+            return True
+    return False
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -116,7 +116,7 @@ def provenance(study: Study) -> list[Block]:
     meta = study.meta
     out: list[Block] = [Heading(2, "Provenance")]
     run = {k: meta.get(k) for k in ("preset", "command", "config_hash", "git_commit", "date", "python", "device", "world_size", "wall_s",
-                                    "priors_requested", "seeds", "packages", "weights", "feature_source")}
+                                    "priors_requested", "seeds", "packages", "weights", "feature_source", "data")}
     out.append(Pairs("Run", flatten(run)))
     out.append(Pairs("Evaluation settings", flatten(meta.get("evaluation", {}))))
     runs = [("", study.results)] if study.results else []

@@ -1,6 +1,7 @@
 """Markdown and HTML writers for one report document: a list of blocks, rendered two ways.
 
-Markdown is GitHub-flavoured (pipe tables, images as paths relative to report.md). HTML is one
+Markdown is GitHub-flavoured (pipe tables, images as paths relative to report.md; &, < and > written as
+entities, | escaped in table cells, so no text is read as HTML). HTML is one
 self-contained file: inline CSS, images as base64 data URIs, no scripts, every text escaped.
 """
 from __future__ import annotations
@@ -43,8 +44,14 @@ Block = Heading | Para | Note | Table | Figure | Pairs
 
 
 # ------------------------------------------------------------------------------------ Markdown
+def _md_text(text) -> str:
+    """Text as Markdown shows it literally: &, < and > as entities, so a prior name, a failure reason or a
+    command line holding HTML is shown, never interpreted (GitHub renders &lt; as <)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _md_text(str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "))
 
 
 def _md_table(columns: list[str], rows: list[list[str]], best: set = frozenset()) -> list[str]:
@@ -59,17 +66,17 @@ def to_markdown(blocks: list[Block], folder: Path) -> str:
     lines: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
-            lines += ["#" * b.level + " " + b.text.replace("\n", " "), ""]
+            lines += ["#" * b.level + " " + _md_text(b.text.replace("\n", " ")), ""]
         elif isinstance(b, Para):
-            lines += [b.text, ""]
+            lines += [_md_text(b.text), ""]
         elif isinstance(b, Note):
-            lines += [f"> **Note.** {b.text}", ""]
+            lines += [f"> **Note.** {_md_text(b.text)}", ""]
         elif isinstance(b, Table):
             lines += [f"**{_md_cell(b.title)}**", "", *_md_table(b.columns, b.rows, b.best), ""]
-            lines += [f"- {n}" for n in b.notes] + ([""] if b.notes else [])
+            lines += [f"- {_md_text(n)}" for n in b.notes] + ([""] if b.notes else [])
         elif isinstance(b, Figure):
             rel = Path(os.path.relpath(b.path, folder)).as_posix()
-            lines += [f"![{_md_cell(b.caption)}]({rel})", "", f"*{b.caption}*", ""]
+            lines += [f"![{_md_cell(b.caption)}]({rel})", "", f"*{_md_text(b.caption)}*", ""]
         elif isinstance(b, Pairs):
             lines += [f"**{_md_cell(b.title)}**", "", *_md_table(["setting", "value"], [list(r) for r in b.rows]), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -57,6 +57,15 @@ def check_schema(res: dict, path: Path) -> dict:
                         f"version {SCHEMA_VERSION}. Render it with the suite version that wrote it (its "
                         f"commit is {meta.get('git_commit', 'unknown')}), or re-run the study with this "
                         f"version (finished stages are reused where their configs match).")
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("eval"), dict):
+        # the evaluation settings (N, sampling seeds, reference split) say what every number means, and a
+        # merge compares them: without them nothing can be shown or merged honestly
+        raise UserError(f"{path} has no meta.config block with its 'eval' settings (the resolved study "
+                        f"configuration), so its numbers cannot be labelled with the N and seeds they were "
+                        f"measured at, nor compared with other runs. It was written by an older or edited "
+                        f"runner: re-run the study on that folder with this version to rewrite results.json "
+                        f"(finished stages are reused where their configs match).")
     return res
 
 

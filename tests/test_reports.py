@@ -34,6 +34,7 @@ PRIORS = {
     "vae": ("VAE-baseline", 25.0, 22.0, 70.0, 0.5, None, False),
 }
 MATCH_RULE = "reached if MMD^2 after <= 3 x floor"
+MATCH_RULE_MD = MATCH_RULE.replace("<", "&lt;")  # report.md writes <, > and & as entities
 CONV_RULE = "converged if the last checkpoint's gFID-N is within 5% of the previous checkpoint's"
 BEFORE = {"mmd2": 0.05, "sliced_w2": 0.5, "c2st_acc": 0.9}
 FLOOR = {"mmd2": 0.004, "sliced_w2": 0.1, "c2st_acc": 0.51}
@@ -163,11 +164,11 @@ def test_table1_golden(study):
         "| 0.750 | 0.100 | 0.54 | 25.7 | 27.3 |",
     ]
     assert "Floor of FID at this N: 50 real train images against the held-out reference give FID 12.50" in md
-    assert f"- q(z) reached p_r: {MATCH_RULE}." in md and f"- generator converged: {CONV_RULE}." in md
+    assert f"- q(z) reached p_r: {MATCH_RULE_MD}." in md and f"- generator converged: {CONV_RULE}." in md
     # our gFID order dino < gaussian < vae; the paper's DINO 13.1 < Gaussian 26.6 < VAE 27.3: tau = +1
     assert "Kendall tau-b = +1.00 over 3 priors" in md
-    assert "dino < gaussian | 15.00 | 1.80 | yes" in md and "gaussian < vae | 10.00 | 1.12 | yes" in md
-    assert "dino < vae | 25.00 | 1.58 | yes" in md  # every pair, not only neighbours
+    assert "dino &lt; gaussian | 15.00 | 1.80 | yes" in md and "gaussian &lt; vae | 10.00 | 1.12 | yes" in md
+    assert "dino &lt; vae | 25.00 | 1.58 | yes" in md  # every pair, not only neighbours (&lt;: escaped)
     assert "Best (dino) vs worst (vae): gap 25.00 vs twice the larger std 3.00: resolved." in md
     assert "The std is over sampling seeds with one trained model per prior" in md
     # every table is well formed: the same number of cells in every row
@@ -200,7 +201,7 @@ def test_matching_and_dm_curve_tables(study):
         "| NO |",
         "| vae | — | " + " | ".join(["— (no DM stage)"] * 6) + " | — |",
     ]
-    assert f"- Rule: {MATCH_RULE}." in md
+    assert f"- Rule: {MATCH_RULE_MD}." in md
     assert _table(md, "prior", "it 0") == [  # the vae row has no DM stage, so no curve
         "| prior | it 0 | it 20 | it 40 |", "|---|---|---|---|",
         "| gaussian | 0.0500 | 0.0300 | 0.0100 |", "| dino | 0.0500 | 0.0400 | 0.0300 |"]
@@ -241,7 +242,7 @@ def test_training_seed_rows_show_their_spread(tmp_path):
     # dino: seed 0 did not reach p_r, seed 1 did (0.004 <= 3 x 0.004)
     assert "| NO (1/2 seeds) | NO (1/2 seeds) |" in table1[3]
     assert "| — (no DM stage) | NO (0/2 seeds) |" in table1[4]
-    assert "The std is over training seeds" in md and "dino < gaussian | 15.00 | 4.00 | yes" in md
+    assert "The std is over training seeds" in md and "dino &lt; gaussian | 15.00 | 4.00 | yes" in md
 
 
 def test_kendall_tau_matches_scipy():

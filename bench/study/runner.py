@@ -2,6 +2,7 @@
 
 results.json (SCHEMA_VERSION):
   meta: config (resolved) + config_hash, preset and command line, git commit, package versions, device, world size, seeds,
+        data {source: the files read and how, skipped_files: image files that could not be decoded},
         weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
         every evaluation setting, stage keys per training seed, floors {fid_real_vs_real}, wall time
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason;
@@ -32,7 +33,7 @@ from bench.cache import Cache
 from bench.config import config_hash, to_dict
 from bench.data import DataSpec, dataset_fingerprint, load_dataset
 from bench.errors import UserError
-from bench.io import atomic_write_json, atomic_write_png, environment
+from bench.io import atomic_write_json, atomic_write_png, environment, written_under
 from bench.metrics import fid
 from bench.study import evaluate as E
 from bench.study.aggregate import finish_prior
@@ -59,7 +60,8 @@ class Context:
     @cached_property
     def data(self):
         c = self.cfg
-        return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed))
+        return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed,
+                                     cache_dir=str(self.cache.root)))
 
     @cached_property
     def data_fp(self) -> str:
@@ -150,6 +152,7 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
     results = {"meta": _meta(cfg, priors, cache, command), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
     ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
     ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
+    results["meta"]["data"] = {"source": ctx.data.source, "skipped_files": list(ctx.data.skipped)}
     if ctx.floors is not None:  # real vs real FID at the gFID's N: the statistic's floor
         results["meta"]["floors"] = ctx.floors
         ctx.write()
@@ -170,6 +173,8 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
                 entry["per_training_seed"][str(s)] = {**_prior_entry(run, record), "timings": run.timings(),
                                                       "throughput_img_per_s": run.throughput(), "models": run.models()}
             except Exception as e:  # one prior's (or seed's) failure must not lose the others
+                if isinstance(e, OSError) and written_under(e, out, store_root or out):
+                    raise  # the output folder failed, not the prior: bench/cli.py says what was kept
                 expected = isinstance(e, (UserError, RuntimeError, FloatingPointError))  # clear messages already
                 reason = str(e) if expected else f"{type(e).__name__}: {e}"
                 entry.setdefault("failed_training_seeds", {})[str(s)] = reason

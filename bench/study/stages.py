@@ -3,16 +3,21 @@
 A stage's key hashes its config, the keys of the stages it reads and STAGE_VERSION, so a changed
 setting gives a new folder and an unchanged one finds the finished output. A folder holds
   output.safetensors + output.json   the tensors (state dicts), bench/checkpoint.py
-  record.json                        what was measured; written LAST: its presence means "finished"
+  record.json                        what was measured; written LAST: its presence means "finished".
+                                     It holds record_sha256, the sha256 of its own canonical JSON
+                                     (record_digest); a record that does not match (edited or damaged)
+                                     is treated as missing and the stage recomputed, as damaged tensors are
   resume.*                           the training loop's periodic checkpoint while it runs
 A kill at any moment leaves either a finished folder or one that resumes from its last checkpoint.
 `force` names stages to recompute: a forced stage and every stage after it in the same prior.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from bench import distributed as D
@@ -26,6 +31,33 @@ ORDER = ("prior", "teacher", "start", "dmvae", "generator", "evaluate")  # the v
 
 def stage_key(stage: str, *parts) -> str:
     return content_key("study-stage", stage, STAGE_VERSION, *parts)
+
+
+def record_digest(record: dict) -> str:
+    """sha256 of a record's canonical JSON (sorted keys, no whitespace), its own checksum field left out."""
+    body = json.dumps({k: v for k, v in record.items() if k != "record_sha256"}, sort_keys=True,
+                      separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def read_record(path: Path) -> dict | None:
+    """A stage's record.json, or None when missing, unreadable or not matching its checksum (with a warning).
+
+    Records written before the checksum existed have no record_sha256: they are accepted unverified, so
+    the stage folders of earlier runs still load (they were not checked then either).
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "record_sha256" in record and record["record_sha256"] != record_digest(record):
+        warnings.warn(f"stage record {path} does not match its checksum (edited or damaged); "
+                      f"recomputing the stage", stacklevel=2)
+        return None
+    record.pop("record_sha256", None)
+    return record
 
 
 class StageStore:
@@ -49,9 +81,8 @@ class StageStore:
         d = self.dir(prior, stage, key)
         if self.forced(prior, stage) and (prior, stage) not in self.recomputed:
             return None
-        try:
-            record = json.loads((d / "record.json").read_text())
-        except (OSError, ValueError):
+        record = read_record(d / "record.json")
+        if record is None:
             return None
         if not tensors or not (d / "output.json").exists():
             return {}, record
@@ -79,8 +110,9 @@ class StageStore:
             d.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 save_state(d / "output", state)
-            atomic_write_json(d / "record.json", {**record, "key": key, "stage": stage,
-                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            record = json.loads(json.dumps({**record, "key": key, "stage": stage,  # as it will read back
+                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, allow_nan=False))
+            atomic_write_json(d / "record.json", {**record, "record_sha256": record_digest(record)})
             for f in d.glob("resume.*"):
                 f.unlink(missing_ok=True)
         if collective:
