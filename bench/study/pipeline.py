@@ -1,17 +1,17 @@
-"""One prior's stages for one training seed, each computed once and then loaded from its content-addressed
-folder (stages.py).
+"""One prior and one training seed, top to bottom: `run_prior` is the order of the method.
 
-    prior -> teacher S_real (+ p_r's LatentNorm) -> encoder start -> DM stage -> generator -> evaluate
+    prior p_r -> teacher S_real (+ p_r's LatentNorm) -> encoder start -> DM stage -> generator -> evaluation
+
+Every step is a stage, computed once and then loaded from its content-addressed folder (stages.py).
 The vae row replaces teacher/start/DM by the KL baseline (bench/dmvae/vae_baseline.py); its prior is
 still built, for the reference latents of the structure metrics. The prior is shared by the training
 seeds (its key has no training seed); every later stage has one folder per training seed. Stages are
 lazy: when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds.
+`PriorRun` says what a run is (config, prior, stage keys) and reads its finished records; it trains nothing.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
-from functools import cached_property
 
 import torch
 
@@ -24,7 +24,7 @@ from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.metrics import matching
 from bench.progress import Progress
 from bench.study import evaluate as E
-from bench.study.stages import stage_key
+from bench.study.stages import PriorStages, stage_key
 from priors.base import PriorSettings
 from priors.registry import get_prior
 
@@ -48,11 +48,107 @@ def n_params(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
+def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
+    """(evaluation record, figure data) of one prior and training seed, computing what is not finished."""
+    c, data, every = run.cfg, ctx.data, run.cfg.checkpoint_every
+    stages = PriorStages(ctx.store, run.name, run.keys, ctx.on_stage, owners={"start": run.start_owner})
+
+    # 1. p_r: the prior's reference latents (its feature nets and latents live in the content cache).
+    def build_prior(_resume):
+        with D.rank0_first():  # rank 0 builds, the others load from the cache
+            built.append(run.cls(run.settings, data).build(ctx.cache))
+        return None, {"provenance": built[0].provenance()}
+    built = []
+
+    def prior():
+        if not built:
+            if stages.record("prior") is None:
+                stages.run("prior", build_prior)
+            else:
+                with D.rank0_first():
+                    built.append(run.cls(run.settings, data).build(ctx.cache))
+        return built[0]
+
+    if stages.record("prior") is None:  # its record holds the provenance the report shows
+        prior()
+
+    # 2. S_real: flow matching on p_r's draws (docs/method.md 3.2), and p_r's LatentNorm.
+    def train_s_real(resume):
+        stats = {}
+        net, norm = train_teacher(prior(), c.teacher, stats, checkpoint=resume, checkpoint_every=every)
+        return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
+    teacher = stages.lazy("teacher", train_s_real, lambda state, record: (
+        _dit(c.teacher, state["net"], run.latent_shape, data.num_classes), LatentNorm.from_dict(record["norm"])))
+
+    # 3. The encoder start (paper section 3.3): the plain AE, or the prior's stage-1 reference AE.
+    def train_start(_resume):
+        reference = prior().reference_latents if run.start_kind == "reference-ae" else None
+        s = pretrain_autoencoder(data.train.images, run.latent_shape, c.pretrain, c.dmvae.tokenizer,
+                                 reference=reference)
+        return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
+                {"start": {**s.record, "requested": c.start}})
+    start = stages.lazy("start", train_start,
+                        lambda state, record: Start(*_tokenizer(run, state), record["start"]))
+
+    # 4. The DM stage: the tokenizer pulled towards p_r through S_real and S_fake (docs/method.md 2);
+    #    the vae row trains the KL baseline instead, with the same budget.
+    def train_tokenizer(resume):
+        images, labels = data.train.images, data.train.labels
+        if run.baseline:
+            enc, dec, norm, hist = train_vae_baseline(images, labels, run.latent_shape, c.dmvae, c.pretrain,
+                                                      checkpoint=resume, checkpoint_every=every)
+        else:
+            s_real, norm = teacher()
+            x_probe, _ = ctx.matching_images(c.dmvae.probe_n)
+            z_ref, _ = prior().sample(c.dmvae.probe_n, torch.Generator().manual_seed(c.seed + 11))
+            probe = (x_probe, matching.Matcher(norm.apply(z_ref), seed=c.seed))
+            enc, dec, _, hist = train_dmvae(images, labels, prior(), s_real, norm, c.dmvae, start(), probe=probe,
+                                            checkpoint=resume, checkpoint_every=every)
+        return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
+                {"history": hist, "norm": norm.to_dict(), "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
+    tokenizer = stages.lazy("dmvae", train_tokenizer, lambda state, record: (
+        *_tokenizer(run, state, variational=run.baseline), LatentNorm.from_dict(record["norm"]), record["history"]))
+
+    # 5. The generator: a DiT on the final tokenizer's latents, normalised by their own statistics
+    #    (paper section 3.5; the reference code measures latent_mean/scale after the DM stage).
+    def train_downstream(resume):
+        raw = encode(tokenizer()[0], data.train.images)
+        norm = measure_norm(raw, "DMVAE encoder latents of the train images (after the DM stage)")
+        latents = norm.apply(raw)
+        E.finite_or_raise(float(latents.abs().max()), "generator training latents")
+        model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c.generator,
+                                           checkpoint=resume, checkpoint_every=every)
+        return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
+                {"history": hist, "params": n_params(model), "norm": norm.to_dict(),
+                 "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
+
+    def load_generator(state, record):
+        model = _dit(c.generator, state["final"], run.latent_shape, data.num_classes).to(D.device())
+        cps = [{**meta, "state_dict": sd} for meta, sd in zip(record["checkpoints"], state["checkpoints"])]
+        return model, cps, record
+    generator = stages.lazy("generator", train_downstream, load_generator)
+
+    # 6. Evaluation: reconstruction, generation and its convergence, matching, latent structure.
+    def evaluate(_resume):
+        match = None if run.baseline else lambda: _matching(run, ctx, prior(), teacher(), start(), tokenizer()[0])
+        return _evaluate(run, ctx, prior(), tokenizer(), generator(), match)
+
+    if D.world_size() > 1:
+        upstream = (prior, tokenizer, generator) if run.baseline else (prior, teacher, start, tokenizer, generator)
+        return _evaluate_on_rank0(run, stages, evaluate, upstream)
+    state, record = stages.run("evaluate", evaluate)
+    return record, state
+
+
 class PriorRun:
-    """The stages of one prior and training seed; `on_stage(stage, seconds, cached)` is called after each."""
+    """What one prior and training seed is: its config, prior class and settings, start and stage keys.
+
+    Nothing is trained or loaded here (run_prior does the work); the readers below summarise the
+    finished stages from their records.
+    """
 
     def __init__(self, name: str, ctx, training_seed: int = 0):
-        self.name, self.ctx, self.tseed = name, ctx, training_seed
+        self.name, self.tseed, self.store = name, training_seed, getattr(ctx, "store", None)
         self.cfg = ctx.cfg.for_training_seed(training_seed)
         self.cls = get_prior(name)
         c = self.cfg
@@ -62,6 +158,8 @@ class PriorRun:
         self.latent_shape = (c.latent_channels, c.latent_size, c.latent_size)
         self.baseline = self.cls.info.name == BASELINE
         data_fp, images = ctx.data_fp, list(ctx.data.train.images.shape[1:])
+        self.image_shape = tuple(images)
+        self.start_kind = self.start_owner = None  # the vae row has no encoder start
         k = {"prior": stage_key("prior", name, self.cls.info.version, _prior_key(self.settings), data_fp)}
         if not self.baseline:
             k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher))
@@ -78,45 +176,19 @@ class PriorRun:
         k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
                                   EVALUATE_VERSION)
         self.keys = k
-        self._nested = 0.0  # seconds spent in stages computed or loaded inside the current one
-
-    # ---------------------------------------------------------------------------------- helpers
-    def _stage(self, stage: str, compute, owner: str | None = None, collective: bool = True):
-        """Load a finished stage or compute it: compute(resume_path) -> (state, record).
-
-        Training stages are collective (every rank trains, rank 0 writes); collective=False is
-        for work rank 0 does alone (evaluation). Stages are lazy, so computing one may compute
-        or load the stages it reads: its recorded `seconds` is its OWN time (the time of the
-        stages it computed or loaded inside subtracted); `seconds_inclusive` keeps the total.
-        """
-        owner = owner or self.name
-        store, key = self.ctx.store, self.keys[stage]
-        t0 = time.time()
-        hit = store.load(owner, stage, key)
-        if hit is not None:
-            self._nested += time.time() - t0  # loading a finished stage is not the caller's own work either
-            self.ctx.on_stage(self.name, stage, hit[1].get("seconds"), cached=True)
-            return hit
-        outer, self._nested = self._nested, 0.0
-        try:
-            state, record = compute(store.resume_path(owner, stage, key, collective))
-            total = time.time() - t0
-            record = {**record, "seconds": total - self._nested, "seconds_inclusive": total}
-        finally:
-            self._nested = outer + (time.time() - t0)
-        E.finite_or_raise(record, f"{stage} record")
-        store.save(owner, stage, key, state, record, collective)
-        self.ctx.on_stage(self.name, stage, record["seconds"], cached=False)
-        return state, record
 
     def record(self, stage: str) -> dict:
         """A finished stage's record (no tensors loaded), or {}."""
         owner = self.start_owner if stage == "start" else self.name
-        hit = self.ctx.store.load(owner, stage, self.keys[stage], tensors=False)
+        hit = self.store.load(owner, stage, self.keys[stage], tensors=False)
         return hit[1] if hit is not None else {}
 
+    def provenance(self) -> dict:
+        """What the prior was built from (its stage record)."""
+        return self.record("prior").get("provenance", {})
+
     def timings(self) -> dict:
-        """Seconds each finished stage took when it was computed (from the stage records)."""
+        """Seconds each finished stage took when it was computed (its own time, from the stage records)."""
         return {s: r["seconds"] for s in self.keys if (r := self.record(s)).get("seconds") is not None}
 
     def throughput(self) -> dict:
@@ -140,191 +212,97 @@ class PriorRun:
             out["score_nets"] = {"size": c.teacher.net, "params": self.record("teacher").get("params")}
         return out
 
-    def _every(self) -> int:
-        return self.cfg.checkpoint_every
 
-    # ---------------------------------------------------------------------------------- stages
-    @cached_property
-    def provenance(self) -> dict:
-        """The prior's provenance, from its stage record (building the prior only when missing)."""
-        if "prior" not in self.__dict__:  # not built in this run: its record has it
-            hit = self.ctx.store.load(self.name, "prior", self.keys["prior"], tensors=False)
-            if hit is not None:
-                return hit[1]["provenance"]
-        return self.prior.provenance()
+# ------------------------------------------------------------------------------------------ helpers
+def _dit(cfg, state: dict, latent_shape, num_classes: int) -> torch.nn.Module:
+    """A frozen DiT of cfg's size with the given weights (a teacher or a generator)."""
+    net = build_dit(cfg.net, latent_shape, num_classes, cfg.patch, cfg.pos)
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
 
-    @cached_property
-    def prior(self):
-        data, cache = self.ctx.data, self.ctx.cache
-        holder = {}
 
-        def build(_resume):
-            with D.rank0_first():  # feature nets and latents are cached: rank 0 builds, the others load
-                holder["prior"] = self.cls(self.settings, data).build(cache)
-            return None, {"provenance": holder["prior"].provenance()}
+def _tokenizer(run: PriorRun, state: dict, variational: bool = False):
+    enc, dec = build_tokenizer(tuple(run.image_shape), run.latent_shape, run.cfg.dmvae.tokenizer,
+                               variational=variational)
+    enc.load_state_dict(state["encoder"])
+    dec.load_state_dict(state["decoder"])
+    return enc.to(D.device()).eval(), dec.to(D.device()).eval()
 
-        hit = self.ctx.store.load(self.name, "prior", self.keys["prior"], tensors=False)
-        if hit is None:
-            self._stage("prior", build)
-            return holder["prior"]
-        with D.rank0_first():
-            return self.cls(self.settings, data).build(cache)
 
-    @cached_property
-    def teacher(self) -> tuple[torch.nn.Module, LatentNorm]:
-        c, stats = self.cfg.teacher, {}
+def _matching(run: PriorRun, ctx, prior, teacher, start: Start, encoder) -> dict:
+    """Did q(z) reach p_r? Statistics of the start and final encoders on held-out images, of S_real's
+    own samples, and the floor (two independent p_r draws), all against one fixed p_r draw
+    (bench/metrics/matching.py), in p_r's normalised space."""
+    ev, seed = run.cfg.eval, run.cfg.seed
+    s_real, norm = teacher
+    z_a, y_a = prior.sample(ev.match_n, torch.Generator().manual_seed(seed + 21))
+    z_b, _ = prior.sample(ev.match_n, torch.Generator().manual_seed(seed + 22))
+    matcher = matching.Matcher(norm.apply(z_a), seed=seed)
+    x, _ = ctx.matching_images(ev.match_n)
+    before = matcher.stats(norm.apply(encode(start.encoder, x)))
+    after = matcher.stats(norm.apply(encode(encoder, x)))
+    floor = matcher.floor(norm.apply(z_b))
+    g = torch.Generator().manual_seed(seed + 23)
+    noise = torch.randn(z_a.shape, generator=g).to(D.device())
+    with torch.no_grad():  # S_real's own samples, with p_r's label mix: as close as DM can get
+        z_teacher = sample_ode(s_real.to(D.device()), noise, y_a.to(D.device()), steps=ev.sample_steps).cpu()
+    return {"before": before, "after": after, "floor": floor, "teacher_samples": matcher.stats(z_teacher),
+            **matching.reached(before, after, floor),
+            "space": "p_r's normalised latents; x = held-out images, reference = p_r draws",
+            "start": run.start_kind}
 
-        def compute(resume):
-            net, norm = train_teacher(self.prior, c, stats, checkpoint=resume, checkpoint_every=self._every())
-            return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
 
-        state, record = self._stage("teacher", compute)
-        net = build_dit(c.net, self.latent_shape, self.ctx.data.num_classes, c.patch, c.pos)
-        net.load_state_dict(state["net"])
-        return net.eval().requires_grad_(False), LatentNorm.from_dict(record["norm"])
+def _evaluate(run: PriorRun, ctx, prior, tokenizer, generator, match) -> tuple[dict, dict]:
+    """(figure data: t-SNE coordinates and image grids, metrics record) of the trained tokenizer and generator."""
+    ev, seed = run.cfg.eval, run.cfg.seed
+    enc, dec, _, hist = tokenizer
+    model, cps, gen_record = generator
+    norm = LatentNorm.from_dict(gen_record["norm"])  # the generator's latents are the DMVAE's, normalised
+    images, _ = ctx.held_out
+    ref = ctx.reference
+    ctx.log(f"[{run.name}] evaluate: rFID-{ev.ref_n}, gFID-{ev.gfid_n} x {len(ev.seeds)} seeds, "
+            f"{len(cps) - 1} convergence points, structure, t-SNE")
+    total = ev.ref_n + ev.gfid_n * len(ev.seeds) + ev.convergence_n * (len(cps) - 1)
+    progress = Progress(total, f"[{run.name} seed {run.tseed}] evaluate", ctx.log, every=30.0)
+    rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache, progress=progress)
+    k = ctx.data.num_classes
+    gen, samples = E.generation(model, cps, dec, norm, k, run.cfg.generator, ref, ev, ctx.cache,
+                                log=ctx.log, keep=4 * k, progress=progress)  # 4 per class, label = column
+    z_ref, y_ref = prior.sample(ev.structure_n, torch.Generator().manual_seed(seed))
+    x_s, y_s = ctx.structure_images
+    z_dm = encode_latents(enc, x_s, norm)
+    z_ref = measure_norm(z_ref, "reference").apply(z_ref)  # standardised like every latent space here
+    s_ref, t_ref = E.latent_structure(z_ref, y_ref, ev, seed)
+    s_dm, t_dm = E.latent_structure(z_dm, y_s, ev, seed)
+    record = {"rfid": rec["rfid"], "psnr": rec["psnr"], "ssim": rec["ssim"], "rfid_n": rec["n"],
+              **gen, "structure": {"reference": s_ref, "dmvae": s_dm},
+              "matching": None if match is None else match(),
+              "generator_norm": norm.to_dict(), "training_seed": run.tseed,
+              "tokenizer": {k: hist.get(k) for k in ("curve", "start", "loss_terms", "regulariser",
+                                                      "tokenizer_updates")}}
+    figures = {"reference_xy": t_ref["xy"], "reference_labels": t_ref["labels"],
+               "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"],
+               "recon_grid": rec_grid, "sample_grid": E.image_grid(samples, k)}
+    return figures, record
 
-    @cached_property
-    def start(self) -> Start:
-        c, images = self.cfg, self.ctx.data.train.images
 
-        def compute(_resume):
-            reference = self.prior.reference_latents if self.start_kind == "reference-ae" else None
-            s = pretrain_autoencoder(images, self.latent_shape, c.pretrain, c.dmvae.tokenizer, reference=reference)
-            return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
-                    {"start": {**s.record, "requested": c.start}})
-
-        state, record = self._stage("start", compute, owner=self.start_owner)
-        enc, dec = self._tokenizer(state)
-        return Start(enc, dec, record["start"])
-
-    def _tokenizer(self, state: dict, variational: bool = False):
-        enc, dec = build_tokenizer(tuple(self.ctx.data.train.images.shape[1:]), self.latent_shape,
-                                   self.cfg.dmvae.tokenizer, variational=variational)
-        enc.load_state_dict(state["encoder"])
-        dec.load_state_dict(state["decoder"])
-        return enc.to(D.device()).eval(), dec.to(D.device()).eval()
-
-    @cached_property
-    def tokenizer(self) -> tuple[torch.nn.Module, torch.nn.Module, LatentNorm, dict]:
-        """(EMA encoder, EMA decoder, LatentNorm, history) of the DM stage, or of the KL baseline."""
-        data, c = self.ctx.data.train, self.cfg.dmvae
-
-        def compute(resume):
-            if self.baseline:
-                enc, dec, norm, hist = train_vae_baseline(data.images, data.labels, self.latent_shape, c,
-                                                          self.cfg.pretrain, checkpoint=resume,
-                                                          checkpoint_every=self._every())
-            else:
-                s_real, norm = self.teacher
-                x_probe, _ = self.ctx.matching_images(c.probe_n)
-                z_ref, _ = self.prior.sample(c.probe_n, torch.Generator().manual_seed(self.cfg.seed + 11))
-                probe = (x_probe, matching.Matcher(norm.apply(z_ref), seed=self.cfg.seed))
-                enc, dec, _, hist = train_dmvae(data.images, data.labels, self.prior, s_real, norm, c, self.start,
-                                                probe=probe, checkpoint=resume, checkpoint_every=self._every())
-            return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
-                    {"history": hist, "norm": norm.to_dict(),
-                     "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
-
-        state, record = self._stage("dmvae", compute)
-        enc, dec = self._tokenizer(state, variational=self.baseline)
-        return enc, dec, LatentNorm.from_dict(record["norm"]), record["history"]
-
-    @cached_property
-    def generator(self) -> tuple[torch.nn.Module, list[dict], dict]:
-        c, data = self.cfg.generator, self.ctx.data
-
-        def compute(resume):
-            enc = self.tokenizer[0]
-            # The generator models the FINAL tokenizer's latents, so they are normalised by their own
-            # statistics (paper section 3.5; the reference code measures latent_mean/scale after the DM stage).
-            raw = encode(enc, data.train.images)
-            norm = measure_norm(raw, "DMVAE encoder latents of the train images (after the DM stage)")
-            latents = norm.apply(raw)
-            E.finite_or_raise(float(latents.abs().max()), "generator training latents")
-            model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c,
-                                               checkpoint=resume, checkpoint_every=self._every())
-            return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
-                    {"history": hist, "params": n_params(model), "norm": norm.to_dict(),
-                     "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
-
-        state, record = self._stage("generator", compute)
-        model = build_dit(c.net, self.latent_shape, data.num_classes, c.patch, c.pos)
-        model.load_state_dict(state["final"])
-        cps = [{**meta, "state_dict": sd} for meta, sd in zip(record["checkpoints"], state["checkpoints"])]
-        return model.to(D.device()).eval().requires_grad_(False), cps, record
-
-    def matching(self) -> dict:
-        """Did q(z) reach p_r? Statistics of the start and final encoders on held-out images, of S_real's
-        own samples, and the floor (two independent p_r draws), all against one fixed p_r draw
-        (bench/metrics/matching.py), in p_r's normalised space."""
-        ev = self.cfg.eval
-        s_real, norm = self.teacher
-        z_a, y_a = self.prior.sample(ev.match_n, torch.Generator().manual_seed(self.cfg.seed + 21))
-        z_b, _ = self.prior.sample(ev.match_n, torch.Generator().manual_seed(self.cfg.seed + 22))
-        matcher = matching.Matcher(norm.apply(z_a), seed=self.cfg.seed)
-        x, _ = self.ctx.matching_images(ev.match_n)
-        before = matcher.stats(norm.apply(encode(self.start.encoder, x)))
-        after = matcher.stats(norm.apply(encode(self.tokenizer[0], x)))
-        floor = matcher.floor(norm.apply(z_b))
-        g = torch.Generator().manual_seed(self.cfg.seed + 23)
-        noise = torch.randn(z_a.shape, generator=g).to(D.device())
-        with torch.no_grad():  # S_real's own samples, with p_r's label mix: as close as DM can get
-            z_teacher = sample_ode(s_real.to(D.device()), noise, y_a.to(D.device()), steps=ev.sample_steps).cpu()
-        return {"before": before, "after": after, "floor": floor, "teacher_samples": matcher.stats(z_teacher),
-                **matching.reached(before, after, floor),
-                "space": "p_r's normalised latents; x = held-out images, reference = p_r draws",
-                "start": self.start_kind}
-
-    def evaluate(self) -> tuple[dict, dict]:
-        """(metrics record, figure data: t-SNE coordinates and image grids) of the finished run."""
-        ctx, ev = self.ctx, self.cfg.eval
-
-        def compute(_resume):
-            enc, dec, _, hist = self.tokenizer
-            model, cps, gen_record = self.generator
-            norm = LatentNorm.from_dict(gen_record["norm"])  # the generator's latents are the DMVAE's, normalised
-            images, _ = ctx.held_out
-            ref = ctx.reference
-            ctx.log(f"[{self.name}] evaluate: rFID-{ev.ref_n}, gFID-{ev.gfid_n} x {len(ev.seeds)} seeds, "
-                    f"{len(cps) - 1} convergence points, structure, t-SNE")
-            total = ev.ref_n + ev.gfid_n * len(ev.seeds) + ev.convergence_n * (len(cps) - 1)
-            progress = Progress(total, f"[{self.name} seed {self.tseed}] evaluate", ctx.log, every=30.0)
-            rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache, progress=progress)
-            k = ctx.data.num_classes
-            gen, samples = E.generation(model, cps, dec, norm, k, self.cfg.generator, ref, ev, ctx.cache,
-                                        log=ctx.log, keep=4 * k, progress=progress)  # 4 per class, label = column
-            z_ref, y_ref = self.prior.sample(ev.structure_n, torch.Generator().manual_seed(self.cfg.seed))
-            x_s, y_s = ctx.structure_images
-            z_dm = encode_latents(enc, x_s, norm)
-            z_ref = measure_norm(z_ref, "reference").apply(z_ref)  # standardised like every latent space here
-            s_ref, t_ref = E.latent_structure(z_ref, y_ref, ev, self.cfg.seed)
-            s_dm, t_dm = E.latent_structure(z_dm, y_s, ev, self.cfg.seed)
-            record = {"rfid": rec["rfid"], "psnr": rec["psnr"], "ssim": rec["ssim"], "rfid_n": rec["n"],
-                      **gen, "structure": {"reference": s_ref, "dmvae": s_dm},
-                      "matching": None if self.baseline else self.matching(),
-                      "generator_norm": norm.to_dict(), "training_seed": self.tseed,
-                      "tokenizer": {k: hist.get(k) for k in ("curve", "start", "loss_terms", "regulariser",
-                                                              "tokenizer_updates")}}
-            tsne = {"reference_xy": t_ref["xy"], "reference_labels": t_ref["labels"],
-                    "dmvae_xy": t_dm["xy"], "dmvae_labels": t_dm["labels"],
-                    "recon_grid": rec_grid, "sample_grid": E.image_grid(samples, k)}
-            return tsne, record
-
-        if D.world_size() > 1 and self.ctx.store.load(self.name, "evaluate", self.keys["evaluate"]) is None:
-            # Rank 0 evaluates alone (samples are seeded per index, so the numbers do not depend on
-            # the world size); the other ranks wait and read its record.
-            self.prior, self.tokenizer, self.generator  # noqa: B018  (collective: barriers inside)
-            if not self.baseline:  # matching() reads the teacher and the start: load (or train) them on every rank
-                self.teacher, self.start  # noqa: B018
-            try:
-                if D.rank() == 0:
-                    self._stage("evaluate", compute, collective=False)
-            finally:
-                D.barrier()
-            self.ctx.store.recomputed.add((self.name, "evaluate"))  # rank 0's fresh output, also if forced
-            hit = self.ctx.store.load(self.name, "evaluate", self.keys["evaluate"])
-            if hit is None:
-                raise RuntimeError("evaluation failed on rank 0 (see its message)")
-            return hit[1], hit[0]
-        state, record = self._stage("evaluate", compute)
+def _evaluate_on_rank0(run: PriorRun, stages: PriorStages, evaluate, upstream) -> tuple[dict, dict]:
+    """Under torchrun: every rank loads (or trains, collectively) the upstream stages, then rank 0 evaluates
+    alone (samples are seeded per index, so the numbers do not depend on the world size) and the other
+    ranks read its record."""
+    store = stages.store
+    if store.load(run.name, "evaluate", run.keys["evaluate"], tensors=False) is not None:
+        state, record = stages.run("evaluate", evaluate, collective=False)  # finished: every rank loads it
         return record, state
+    for stage in upstream:
+        stage()  # collective: barriers inside
+    try:
+        if D.rank() == 0:
+            stages.run("evaluate", evaluate, collective=False)
+    finally:
+        D.barrier()
+    store.recomputed.add((run.name, "evaluate"))  # rank 0's fresh output, also if forced
+    hit = store.load(run.name, "evaluate", run.keys["evaluate"])
+    if hit is None:
+        raise RuntimeError("evaluation failed on rank 0 (see its message)")
+    return hit[1], hit[0]

@@ -117,3 +117,63 @@ class StageStore:
                 f.unlink(missing_ok=True)
         if collective:
             D.barrier()
+
+
+class PriorStages:
+    """Load-or-compute for the stages of one prior and training seed, with each stage's own time.
+
+    `run(stage, compute)` loads a finished stage or computes it: compute(resume_path) -> (state, record).
+    `lazy(stage, compute, load)` is the same, deferred to the first call and remembered, returning
+    load(state, record). Stages read each other lazily, so computing one may compute or load the ones
+    it reads: its recorded `seconds` is its OWN time (the time of the stages computed or loaded inside it
+    subtracted). `on_stage(prior, stage, seconds, cached)` is called after each.
+    """
+
+    def __init__(self, store: StageStore, prior: str, keys: dict[str, str], on_stage, owners: dict | None = None):
+        self.store, self.prior, self.keys, self.on_stage = store, prior, keys, on_stage
+        self.owners = owners or {}   # stage -> folder owner, when not the prior's own (the shared plain AE)
+        self._nested = 0.0           # seconds spent in stages computed or loaded inside the current one
+
+    def owner(self, stage: str) -> str:
+        return self.owners.get(stage, self.prior)
+
+    def record(self, stage: str) -> dict | None:
+        """A finished stage's record (no tensors loaded), or None."""
+        hit = self.store.load(self.owner(stage), stage, self.keys[stage], tensors=False)
+        return None if hit is None else hit[1]
+
+    def run(self, stage: str, compute, collective: bool = True) -> tuple[dict, dict]:
+        """(state, record) of the stage, loaded or computed.
+
+        Training stages are collective (every rank trains, rank 0 writes); collective=False is for work
+        rank 0 does alone (evaluation).
+        """
+        from bench.study.evaluate import finite_or_raise
+
+        owner, key = self.owner(stage), self.keys[stage]
+        t0 = time.time()
+        hit = self.store.load(owner, stage, key)
+        if hit is not None:
+            self._nested += time.time() - t0  # loading a finished stage is not the caller's own work either
+            self.on_stage(self.prior, stage, hit[1].get("seconds"), cached=True)
+            return hit
+        outer, self._nested = self._nested, 0.0
+        try:
+            state, record = compute(self.store.resume_path(owner, stage, key, collective))
+            record = {**record, "seconds": time.time() - t0 - self._nested}
+        finally:
+            self._nested = outer + (time.time() - t0)
+        finite_or_raise(record, f"{stage} record")
+        self.store.save(owner, stage, key, state, record, collective)
+        self.on_stage(self.prior, stage, record["seconds"], cached=False)
+        return state, record
+
+    def lazy(self, stage: str, compute, load, collective: bool = True):
+        """A function returning load(*run(stage, compute)), computed on its first call and remembered."""
+        memo = []
+
+        def get():
+            if not memo:
+                memo.append(load(*self.run(stage, compute, collective)))
+            return memo[0]
+        return get
