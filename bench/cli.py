@@ -137,7 +137,7 @@ def _study(argv) -> int:
         for tag, cfg in cfgs:
             run_out = out / "ablate" / tag if tag else out
             results = run_study(cfg, priors, run_out, tuple(args.force), cache, store_root=out,
-                                preset=args.preset)
+                                preset=args.preset, ablation=tag)
             failed += sum(r.get("status") != "ok" for n, r in results["priors"].items() if n in priors)
             if tag:
                 print(f"\n--- ablation {tag} ---\n" + summary(results))

@@ -93,9 +93,16 @@ METRICS = [
 METRIC_INDEX = {m.name: m for m in METRICS}
 
 
-def tidy(results: dict, run: str = ".", ablation: str = "") -> pd.DataFrame:
+def metric_directions() -> dict:
+    """Every metric's direction and meaning, as results.json records them (meta.metrics)."""
+    return {m.name: {"higher_is_better": m.higher_is_better, "description": m.description} for m in METRICS}
+
+
+def tidy(results: dict, run: str = ".") -> pd.DataFrame:
     """The tidy rows of one results.json dict (its finished training seeds)."""
-    meta = results.get("meta", {})
+    from reports.results import ablation_tag
+
+    meta, ablation = results.get("meta", {}), ablation_tag(results)
     rows = []
     for prior, entry in results.get("priors", {}).items():
         for seed, e in sorted((entry.get("per_training_seed") or {}).items(), key=lambda kv: int(kv[0])):
@@ -132,8 +139,8 @@ def load_results(*dirs) -> pd.DataFrame:
         study = load_study(Path(d))
         if study.results is not None:
             frames.append(tidy(study.results, str(d)))
-        for tag, res in study.ablations.items():
-            frames.append(tidy(res, str(d), ablation=tag))
+        for res in study.ablations.values():
+            frames.append(tidy(res, str(d)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 

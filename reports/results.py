@@ -14,7 +14,10 @@ from pathlib import Path
 
 from bench.errors import UserError
 
-SCHEMA_VERSION = 2  # the results.json schema this renderer reads (bench/study/runner.py SCHEMA_VERSION)
+SCHEMA_VERSION = 3  # the results.json schema the runner writes (bench/study/runner.py SCHEMA_VERSION)
+# 3: meta.ablation {key, value} (or null) and meta.metrics {name: direction, description} are in the file.
+# Version 2 files are upgraded on reading (upgrade()), the one place that knows the older layout.
+READABLE = (2, 3)
 
 
 @dataclass
@@ -52,11 +55,11 @@ def check_schema(res: dict, path: Path) -> dict:
         raise UserError(f"{path} is not a study results.json (no 'meta' and 'priors' blocks). Point "
                         f"'run_all.py report' at the output folder of 'run_all.py --priors ...'.")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE:
         raise UserError(f"{path} has results schema version {version!r}, but this report renderer reads "
-                        f"version {SCHEMA_VERSION}. Render it with the suite version that wrote it (its "
-                        f"commit is {meta.get('git_commit', 'unknown')}), or re-run the study with this "
-                        f"version (finished stages are reused where their configs match).")
+                        f"versions {', '.join(map(str, READABLE))} (it writes {SCHEMA_VERSION}). Render it with the "
+                        f"suite version that wrote it (its commit is {meta.get('git_commit', 'unknown')}), or re-run "
+                        f"the study with this version (finished stages are reused where their configs match).")
     config = meta.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("eval"), dict):
         # the evaluation settings (N, sampling seeds, reference split) say what every number means, and a
@@ -66,6 +69,36 @@ def check_schema(res: dict, path: Path) -> dict:
                         f"measured at, nor compared with other runs. It was written by an older or edited "
                         f"runner: re-run the study on that folder with this version to rewrite results.json "
                         f"(finished stages are reused where their configs match).")
+    return upgrade(res, path) if version < SCHEMA_VERSION else res
+
+
+def ablation_tag(results: dict) -> str:
+    """'KEY=VALUE' of a run of an --ablate sweep (meta.ablation), or ''."""
+    a = results.get("meta", {}).get("ablation")
+    return f"{a['key']}={a['value']}" if a else ""
+
+
+def upgrade(res: dict, path: Path) -> dict:
+    """A version-2 results dict in the version-3 layout.
+
+    Version 2 kept the ablation only in the folder name (<out>/ablate/KEY=V/results.json) and the
+    metric directions only in the code; both are filled in here, from the same sources. Version-2
+    files written before stage times were recorded as each stage's own time (no meta.timings) are
+    refused: their times include upstream stages and cannot be shown as own times.
+    """
+    from reports.data import metric_directions
+
+    meta = res["meta"]
+    if "timings" not in meta:
+        raise UserError(f"{path} records INCLUSIVE stage times (it was written before each stage's own time "
+                        f"was recorded; commit {meta.get('git_commit', 'unknown')}), which this renderer does not "
+                        f"show. Render it with the suite version that wrote it, or re-run the study on that folder "
+                        f"with this version (finished stages are reused; their records keep their times).")
+    tag = Path(path).parent.name if Path(path).parent.parent.name == "ablate" else None
+    key, _, value = (tag or "").partition("=")
+    res = {**res, "meta": {**meta, "schema_version": SCHEMA_VERSION, "upgraded_from": meta["schema_version"],
+                           "ablation": {"key": key, "value": value} if tag else None,
+                           "metrics": metric_directions()}}
     return res
 
 
@@ -79,7 +112,8 @@ def load_study(out: Path) -> Study:
     results = check_schema(read_json(main, "results file"), main) if main.exists() else None
     ablations = {}
     for path in sorted((out / "ablate").glob("*/results.json")):
-        ablations[path.parent.name] = check_schema(read_json(path, "ablation results file"), path)
+        res = check_schema(read_json(path, "ablation results file"), path)
+        ablations[ablation_tag(res) or path.parent.name] = res
     if results is None and not ablations:
         raise UserError(f"No results.json in '{out}' (nor under {out / 'ablate'}). Run the study first, "
                         f"for example 'python run_all.py --preset smoke --out {out}', or point "

@@ -292,23 +292,16 @@ def dm_curve_table(results: dict) -> Table:
 def timing_table(results: dict) -> Table:
     stages = ["prior", "teacher", "start", "dmvae", "generator", "evaluate"]
     t = Table("Wall time per stage (seconds, when computed) and training throughput",
-              ["prior", "prior build", *stages[1:], "total" if "timings" in results["meta"] else "total (not additive)",
-               "img/s (teacher / start / dmvae / generator)"])
+              ["prior", "prior build", *stages[1:], "total", "img/s (teacher / start / dmvae / generator)"])
     for name, r in priors_in_order(results).items():
         tim = r.get("timings") or {}
         thr = r.get("throughput_img_per_s") or {}
-        total = sum(tim.values()) if "timings" in results["meta"] else None
+        total = sum(tim.values())  # own times (results.py refuses the older inclusive ones), so they add up
         t.add([name, *[fmt(tim.get(s), 1) for s in stages], fmt(total, 1) if tim else "—",
                " / ".join(fmt(thr.get(s), 0) for s in ("teacher", "start", "dmvae", "generator"))])
     t.notes.append("The shared encoder start is computed once (by the first prior that needs it); later "
                    "priors show its recorded time. Stages loaded from an earlier run keep the time they took "
                    "when computed.")
-    if "timings" not in results["meta"]:
-        t.notes.append("These results come from a version that recorded INCLUSIVE stage times: a stage's time "
-                       "includes the upstream stages it computed on first use (on a cold run: teacher includes "
-                       "the prior build, dmvae the teacher and the encoder start, evaluate the dmvae and "
-                       "generator stages), so the columns must not be added up; the img/s column is the "
-                       "training loops' own throughput.")
     return t
 
 
@@ -316,9 +309,9 @@ def timing_table(results: dict) -> Table:
 def table2(ablations: dict[str, dict]) -> list[Table]:
     """One table per swept key: our rows (one per value and prior) and the paper's rows."""
     by_key: dict[str, list[tuple[str, dict]]] = {}
-    for tag, res in ablations.items():
-        key, _, value = tag.partition("=")
-        by_key.setdefault(key, []).append((value, res))
+    for res in ablations.values():
+        a = res["meta"]["ablation"]  # {key, value}: what this run of the sweep set (results.json, schema 3)
+        by_key.setdefault(a["key"], []).append((a["value"], res))
     tables = []
     for key, runs in by_key.items():
         runs.sort(key=lambda vr: _sort_value(vr[0]))
@@ -339,8 +332,8 @@ def table2(ablations: dict[str, dict]) -> list[Table]:
                            f"{fmt(m['before']['mmd2'], 4)} → {fmt(m['after']['mmd2'], 4)} ({fmt(m['floor']['mmd2'], 4)})"
                            if m else "—", "ok"])
                 cols[3][i], cols[4][i], cols[5][i] = r["psnr"], r["rfid"], r["gfid"]["mean"]
-        for c, higher in ((3, True), (4, False), (5, False)):
-            t.mark_best(c, cols[c], higher)
+        for c, metric in ((3, "psnr"), (4, "rfid"), (5, "gfid")):
+            t.mark_best(c, cols[c], METRIC_INDEX[metric].higher_is_better)  # directions: reports/data.py
         if rep:
             for value, row in rep["rows"].items():
                 t.add(["reported", row["label"], "DINO (paper)", fmt(row["psnr"], 1), fmt(row["rfid"]),

@@ -143,7 +143,7 @@ def _study_whose_out_turns_read_only(tmp_path, monkeypatch, lock_removable: bool
         return real_mkstemp(*a, dir=dir, **k)
     monkeypatch.setattr("bench.io.tempfile.mkstemp", mkstemp)
 
-    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": 2, "config_hash": "x",
+    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": runner.SCHEMA_VERSION, "config_hash": "x",
                                                            "provenance": {}, "feature_source": {}, "stage_keys": {}})
     monkeypatch.setattr(runner.Context, "floors", None)  # no Inception here
     monkeypatch.setattr(runner, "PriorRun", ReadOnlyStage)
@@ -291,7 +291,7 @@ def test_skipped_images_reach_results_json(tmp_path, monkeypatch, capsys):
     class Failing:
         def __init__(self, *a, **k):
             raise UserError("stub prior")
-    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": 2, "provenance": {},
+    monkeypatch.setattr(runner, "_meta", lambda *a, **k: {"schema_version": runner.SCHEMA_VERSION, "provenance": {},
                                                            "feature_source": {}, "stage_keys": {}})
     monkeypatch.setattr(runner.Context, "floors", None)
     monkeypatch.setattr(runner, "PriorRun", Failing)

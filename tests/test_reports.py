@@ -1,7 +1,7 @@
 """The report renderer (reports/): tables, figures, Markdown, self-contained HTML, bad input, no torch.
 
 A small results folder is written here by hand in the runner's schema (bench/study/runner.py,
-SCHEMA_VERSION 2: one training seed per row unless said otherwise, the row being the aggregate of
+SCHEMA_VERSION 3: one training seed per row unless said otherwise, the row being the aggregate of
 bench/study/aggregate.py beside its per_training_seed entries), so these tests run in seconds;
 tests/test_study.py checks that a real run ends with a report.
 """
@@ -22,7 +22,8 @@ import pytest
 from bench.cli import main
 from bench.errors import UserError
 from reports import build_report
-from reports.results import SCHEMA_VERSION
+from reports.data import load_results, metric_directions
+from reports.results import SCHEMA_VERSION, load_study
 from reports.tables import kendall_tau
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def _prior_entry(name, rfid, psnr, gmean, gstd, after, converged):
 
 
 def _meta(priors, training_seeds=(0,)):
-    return {"schema_version": SCHEMA_VERSION, "config_hash": "abc123", "git_commit": "deadbeef", "date": "2026-11-26",
+    return {"schema_version": SCHEMA_VERSION, "ablation": None, "metrics": metric_directions(), "config_hash": "abc123", "git_commit": "deadbeef", "date": "2026-11-26",
             "device": {"type": "cpu"}, "world_size": 1, "wall_s": 12.0, "priors_requested": list(priors),
             "packages": {"torch": "x"}, "seeds": {"study": 0}, "weights": {}, "feature_source": {},
             "evaluation": {"gfid": {"n": 50}}, "stage_keys": {}, "timings": "own seconds per stage",
@@ -335,6 +336,7 @@ def test_ablation_folder_gives_table2_with_reported_rows(tmp_path):
         d = write_study(out / "ablate" / f"dmvae.dm_weight={v}", ("dino",))
         res = json.loads((d / "results.json").read_text())
         res["priors"]["dino"]["gfid"]["mean"] = g
+        res["meta"]["ablation"] = {"key": "dmvae.dm_weight", "value": v}  # results.json says what it ablates
         (d / "results.json").write_text(json.dumps(res))
     md = build_report(out)[0].read_text()
     assert "## Ablations (Table 2 style)" in md and "Table 2 style: ablation of dmvae.dm_weight" in md
@@ -343,6 +345,37 @@ def test_ablation_folder_gives_table2_with_reported_rows(tmp_path):
     assert "MMD² before → after (floor)" in md
     assert ("| this run | dmvae.dm_weight=10 | dino | 19.00 | 40.00 | **45.00 ± 1.50** | 0.0500 → 0.0300 (0.0040) "
             "| ok |") in md
+
+
+def test_table2_reads_the_ablation_from_results_json_not_the_folder_name(tmp_path):
+    out = tmp_path / "abl"
+    d = write_study(out / "ablate" / "renamed-by-hand", ("dino",))
+    res = json.loads((d / "results.json").read_text())
+    res["meta"]["ablation"] = {"key": "dmvae.dm_cfg", "value": "3"}
+    (d / "results.json").write_text(json.dumps(res))
+    md = build_report(out)[0].read_text()
+    assert "Table 2 style: ablation of dmvae.dm_cfg" in md and "| this run | dmvae.dm_cfg=3 | dino |" in md
+    assert set(load_results(out)["ablation"]) == {"dmvae.dm_cfg=3"}
+
+
+def test_schema_2_is_upgraded_on_reading_and_inclusive_times_are_refused(tmp_path, capsys):
+    """Version 2 kept the ablation in the folder name and had no metric directions; the reader fills both
+    in. Version-2 files from before own stage times (no meta.timings) are refused in one paragraph."""
+    d = write_study(tmp_path / "old" / "ablate" / "dmvae.dm_weight=20", ("dino",))
+    res = json.loads((d / "results.json").read_text())
+    for k in ("ablation", "metrics"):
+        del res["meta"][k]
+    res["meta"]["schema_version"] = 2
+    (d / "results.json").write_text(json.dumps(res))
+    study = load_study(tmp_path / "old")
+    meta = study.ablations["dmvae.dm_weight=20"]["meta"]
+    assert meta["ablation"] == {"key": "dmvae.dm_weight", "value": "20"} and meta["upgraded_from"] == 2
+    assert meta["metrics"]["gfid"]["higher_is_better"] is False and meta["metrics"]["psnr"]["higher_is_better"]
+    del res["meta"]["timings"]
+    (d / "results.json").write_text(json.dumps(res))
+    assert main(["report", str(tmp_path / "old")]) == 2
+    err = capsys.readouterr().err
+    assert "INCLUSIVE stage times" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_toy_section_when_present(study):

@@ -40,14 +40,15 @@ def study(tmp_path_factory, cache):
     return out, rc, json.loads((out / "results.json").read_text()), time.time() - t0
 
 
-def test_results_follow_the_contract(study):
+def test_contract_meta(study):
     out, rc, res, _ = study
     assert rc == 0
     meta = res["meta"]
     for key in ("config", "config_hash", "git_commit", "packages", "device", "seeds", "weights", "feature_source",
                 "evaluation", "schema_version", "floors", "stage_keys"):
         assert key in meta, key
-    assert meta["schema_version"] == 2 and meta["config"]["training_seeds"] == [0]
+    assert meta["schema_version"] == 3 and meta["config"]["training_seeds"] == [0] and meta["ablation"] is None
+    assert meta["metrics"]["gfid"] == {"higher_is_better": False, "description": "gFID-N; std over the sampling seeds"}
     assert meta["config"]["eval"]["gfid_n"] == 10
     floor = meta["floors"]["fid_real_vs_real"]
     assert floor["n"] == 10 and floor["value"] > 0  # real vs real at the gFID's N
@@ -55,55 +56,81 @@ def test_results_follow_the_contract(study):
     assert meta["feature_source"] == {"gaussian": "analytic", "gmm": "analytic", "vae": "local"}
     assert meta["weights"]["inception"]["converted_sha256"]
     assert meta["evaluation"]["gfid"]["labels"].startswith("class-balanced")
-    for name in ("gaussian", "gmm", "vae"):
-        r = res["priors"][name]
-        assert r["status"] == "ok"
-        for key in ("rfid", "psnr", "ssim", "gfid_n"):
-            assert isinstance(r[key], (int, float)), key
-        assert r["gfid_n"] == r["gfid"]["n"] == 10 and r["gfid"]["seeds"] == [0, 1]
-        assert set(r["gfid"]) >= {"mean", "std", "seeds", "n", "spread", "training_std", "sampling_std",
-                                  "training_seeds"} and r["gfid"]["std"] >= 0
-        # one training seed: the row is that seed's entry, its spread the sampling seeds'
-        assert set(r["per_training_seed"]) == {"0"}
-        seed0 = r["per_training_seed"]["0"]
-        assert seed0["training_seed"] == 0 and (seed0["rfid"], seed0["psnr"]) == (r["rfid"], r["psnr"])
-        assert r["gfid"]["mean"] == seed0["gfid"]["mean"] and r["gfid"]["std"] == seed0["gfid"]["std"]
-        assert r["gfid"]["spread"] == "sampling seeds (one training seed)" and r["gfid"]["training_std"] is None
-        assert r["spread"]["rfid"] is None and r["gfid"]["training_seeds"] == [0]
-        assert r["converged"]["per_training_seed"] == {"0": seed0["converged"]["converged"]}
-        assert r["converged"]["all"] is bool(seed0["converged"]["converged"]) and "within 5%" in r["converged"]["rule"]
-        assert {"mean", "scale"} <= set(r["generator_norm"])
-        assert {"mean", "std"} <= set(r["kid"])
-        assert [c["fraction"] for c in r["convergence"]] == [0.5, 1.0]
-        assert all({"epoch", "gfid"} <= set(c) for c in r["convergence"])
-        # the last convergence point is the first seed's final gFID (same samples, same N here)
-        assert r["convergence"][-1]["gfid"] == pytest.approx(r["gfid_per_seed"][0]["gfid"])
-        for side in ("reference", "dmvae"):
-            assert {"knn_accuracy", "linear_probe_accuracy", "silhouette"} <= set(r["structure"][side])
-        assert r["loss_terms"]["l1"] and "dm_score" not in r and "matching" in r
-        assert r["models"]["generator"]["params"] > 0 and r["models"]["generator"]["epochs"] > 0
-        assert set(r["throughput_img_per_s"]) == ({"dmvae", "generator"} if name == "vae" else
-                                                  {"teacher", "start", "dmvae", "generator"})
-        if name != "vae":
-            m, m0 = r["matching"], seed0["matching"]
-            for when in ("before", "after", "floor", "teacher_samples"):
-                assert {"mmd2", "sliced_w2", "c2st_acc"} <= set(m[when]) and m0[when]["n"] == 64, when
-                assert m[when]["mmd2"] == pytest.approx(m0[when]["mmd2"]), when  # the mean of one seed
-            assert m["reached_all"] is m0["reached"] and m["per_training_seed"] == {"0": m0["reached"]}
-            assert m["rule"].startswith("reached if MMD^2 after <= 3 x floor")
-            # the DM stage's probe curve (smoke: probe_every 20 over 40 iterations) and its tokenizer turns
-            assert [p["step"] for p in r["dm_curve"]] == [0, 20, 40]
-            assert r["tokenizer_updates"] == 8 and r["regulariser"]["dm_every"] == 5  # 40 / 5
-            assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"  # auto, no image encoder
-        fig = json.loads((out / r["figure_data"]["tsne"]).read_text())
-        assert len(fig["dmvae_xy"]) == len(fig["dmvae_labels"]) > 0 and len(fig["reference_xy"][0]) == 2
-        recon = plt.imread(out / r["figure_data"]["recon_grid"])  # ref_n = 10: originals over reconstructions
-        samples = plt.imread(out / r["figure_data"]["sample_grid"])  # up to 4 per class (gfid_n), class = column
-        assert recon.shape[:2] == (2 * 33 - 1, 10 * 33 - 1) and samples.shape[:2] == (32, 10 * 33 - 1)  # gfid_n = 10: one row
-        assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
     _no_nan(out / "results.json")
-    # stage times are each stage's own (lazy stages compute upstream ones inside): they add up to
-    # no more than the run's wall time (inclusive times would count the training stages twice)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
+def test_contract_prior_row(study, name):
+    """One training seed: the row is that seed's entry, its spread the sampling seeds'."""
+    _, _, res, _ = study
+    r = res["priors"][name]
+    assert r["status"] == "ok"
+    for key in ("rfid", "psnr", "ssim", "gfid_n"):
+        assert isinstance(r[key], (int, float)), key
+    assert r["gfid_n"] == r["gfid"]["n"] == 10 and r["gfid"]["seeds"] == [0, 1]
+    assert set(r["gfid"]) >= {"mean", "std", "seeds", "n", "spread", "training_std", "sampling_std",
+                              "training_seeds"} and r["gfid"]["std"] >= 0
+    assert set(r["per_training_seed"]) == {"0"}
+    seed0 = r["per_training_seed"]["0"]
+    assert seed0["training_seed"] == 0 and (seed0["rfid"], seed0["psnr"]) == (r["rfid"], r["psnr"])
+    assert r["gfid"]["mean"] == seed0["gfid"]["mean"] and r["gfid"]["std"] == seed0["gfid"]["std"]
+    assert r["gfid"]["spread"] == "sampling seeds (one training seed)" and r["gfid"]["training_std"] is None
+    assert r["spread"]["rfid"] is None and r["gfid"]["training_seeds"] == [0]
+    assert {"mean", "scale"} <= set(r["generator_norm"]) and {"mean", "std"} <= set(r["kid"])
+    for side in ("reference", "dmvae"):
+        assert {"knn_accuracy", "linear_probe_accuracy", "silhouette"} <= set(r["structure"][side])
+    assert r["loss_terms"]["l1"] and "dm_score" not in r and "matching" in r
+    assert r["models"]["generator"]["params"] > 0 and r["models"]["generator"]["epochs"] > 0
+    assert set(r["throughput_img_per_s"]) == ({"dmvae", "generator"} if name == "vae" else
+                                              {"teacher", "start", "dmvae", "generator"})
+
+
+@pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
+def test_contract_convergence(study, name):
+    _, _, res, _ = study
+    r = res["priors"][name]
+    seed0 = r["per_training_seed"]["0"]
+    assert r["converged"]["per_training_seed"] == {"0": seed0["converged"]["converged"]}
+    assert r["converged"]["all"] is bool(seed0["converged"]["converged"]) and "within 5%" in r["converged"]["rule"]
+    assert [c["fraction"] for c in r["convergence"]] == [0.5, 1.0]
+    assert all({"epoch", "gfid"} <= set(c) for c in r["convergence"])
+    # the last convergence point is the first seed's final gFID (same samples, same N here)
+    assert r["convergence"][-1]["gfid"] == pytest.approx(r["gfid_per_seed"][0]["gfid"])
+
+
+@pytest.mark.parametrize("name", ["gaussian", "gmm"])
+def test_contract_matching_and_dm_stage(study, name):
+    _, _, res, _ = study
+    r = res["priors"][name]
+    m, m0 = r["matching"], r["per_training_seed"]["0"]["matching"]
+    for when in ("before", "after", "floor", "teacher_samples"):
+        assert {"mmd2", "sliced_w2", "c2st_acc"} <= set(m[when]) and m0[when]["n"] == 64, when
+        assert m[when]["mmd2"] == pytest.approx(m0[when]["mmd2"]), when  # the mean of one seed
+    assert m["reached_all"] is m0["reached"] and m["per_training_seed"] == {"0": m0["reached"]}
+    assert m["rule"].startswith("reached if MMD^2 after <= 3 x floor")
+    # the DM stage's probe curve (smoke: probe_every 20 over 40 iterations) and its tokenizer turns
+    assert [p["step"] for p in r["dm_curve"]] == [0, 20, 40]
+    assert r["tokenizer_updates"] == 8 and r["regulariser"]["dm_every"] == 5  # 40 / 5
+    assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"  # auto, no image encoder
+
+
+@pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
+def test_contract_figure_data(study, name):
+    out, _, res, _ = study
+    r = res["priors"][name]
+    fig = json.loads((out / r["figure_data"]["tsne"]).read_text())
+    assert len(fig["dmvae_xy"]) == len(fig["dmvae_labels"]) > 0 and len(fig["reference_xy"][0]) == 2
+    recon = plt.imread(out / r["figure_data"]["recon_grid"])  # ref_n = 10: originals over reconstructions
+    samples = plt.imread(out / r["figure_data"]["sample_grid"])  # up to 4 per class (gfid_n), class = column
+    assert recon.shape[:2] == (2 * 33 - 1, 10 * 33 - 1) and samples.shape[:2] == (32, 10 * 33 - 1)  # gfid_n = 10: one row
+    assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
+
+
+def test_contract_stage_times_and_report(study):
+    """Stage times are each stage's own (lazy stages compute upstream ones inside): they add up to no more
+    than the run's wall time (inclusive times would count the training stages twice)."""
+    out, _, res, _ = study
+    meta = res["meta"]
     shared_start = res["priors"]["gaussian"]["timings"]["start"]
     own = sum(sum(r["timings"].values()) for r in res["priors"].values()) - shared_start  # start: once
     assert own <= meta["wall_s"] + 1e-6 and meta["timings"].startswith("own seconds")
@@ -114,7 +141,11 @@ def test_results_follow_the_contract(study):
     # one shared encoder start for both DM rows
     assert len(list((out / "stages" / "_shared").iterdir())) == 1
     assert "## Did q(z) reach p_r?" in md and "| vae | — | — (no DM stage)" in md
-    # the vae row is the KL baseline: no teacher, no start, no matching (never a made-up number)
+
+
+def test_contract_the_vae_row_is_the_kl_baseline(study):
+    """No teacher, no start, no matching: never a made-up number."""
+    _, _, res, _ = study
     vae = res["priors"]["vae"]
     assert vae["status"] == "ok" and set(vae["timings"]) == STAGES - {"teacher", "start"}
     assert vae["matching"] is None and vae["dm_curve"] is None and vae["regulariser"]["kind"].startswith("KL")

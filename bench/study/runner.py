@@ -2,6 +2,7 @@
 
 results.json (SCHEMA_VERSION):
   meta: config (resolved) + config_hash, preset and command line, git commit, package versions, device, world size, seeds,
+        ablation {key, value} of an --ablate sweep's run (null otherwise), metrics {name: higher_is_better, description},
         data {source: the files read and how, skipped_files: image files that could not be decoded},
         weights hashes (Inception; each prior's provenance holds its own), feature source per prior,
         every evaluation setting, stage keys per training seed, floors {fid_real_vs_real}, wall time
@@ -37,12 +38,12 @@ from bench.io import atomic_write_json, atomic_write_png, environment, written_u
 from bench.metrics import fid
 from bench.study import evaluate as E
 from bench.study.aggregate import finish_prior
-from reports.data import write_csv
+from reports.data import metric_directions, write_csv
 from bench.study.config import StudyConfig
-from bench.study.pipeline import PriorRun
+from bench.study.pipeline import PriorRun, run_prior
 from bench.study.stages import StageStore
 
-SCHEMA_VERSION = 2  # 2: training seeds (per_training_seed + aggregate), matching, floors
+SCHEMA_VERSION = 3  # 2: training seeds (per_training_seed + aggregate), matching, floors; 3: meta.ablation, meta.metrics
 
 
 @dataclass
@@ -116,9 +117,11 @@ class Context:
             write_csv(self.results, self.out / "results.csv")  # the same numbers as tidy rows (reports/data.py)
 
 
-def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict) -> dict:
+def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict, ablation: str | None = None) -> dict:
     env = environment()
+    key, _, value = (ablation or "").partition("=")
     return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg), **command,
+            "ablation": {"key": key, "value": value} if ablation else None, "metrics": metric_directions(),
             "timings": "own seconds per stage, without the upstream stages computed inside it",
             "priors_requested": priors, "git_commit": env.pop("git_commit"), **env,
             "world_size": D.world_size(),
@@ -139,7 +142,7 @@ def _previous(out: Path, cfg_hash: str) -> dict:
 
 def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, ...] = (),
               cache: Cache | None = None, log=print, store_root: Path | None = None,
-              preset: str | None = None) -> dict:
+              preset: str | None = None, ablation: str | None = None) -> dict:
     """Run (or resume) the study; returns the results dict also written to <out>/results.json.
 
     Stage outputs go under <store_root or out>/stages (ablations share one store).
@@ -149,7 +152,7 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
     cache = cache or Cache()
     kept = {n: r for n, r in _previous(out, config_hash(cfg)).items() if n not in priors}
     command = {"preset": preset, "command": " ".join(["run_all.py", *sys.argv[1:]])}
-    results = {"meta": _meta(cfg, priors, cache, command), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
+    results = {"meta": _meta(cfg, priors, cache, command, ablation), "priors": {**{n: {"status": "pending"} for n in priors}, **kept}}
     ctx = Context(cfg, out, cache, StageStore(store_root or out, force), results, log)
     ctx.data  # noqa: B018  (a bad data path fails here, once, for every prior)
     results["meta"]["data"] = {"source": ctx.data.source, "skipped_files": list(ctx.data.skipped)}
@@ -164,10 +167,10 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
             try:
                 run = PriorRun(name, ctx, s)
                 results["meta"]["stage_keys"].setdefault(name, {})[str(s)] = run.keys
-                record, tsne = run.evaluate()
+                record, tsne = run_prior(run, ctx)
                 if not entry["per_training_seed"]:  # figures show the first finished training seed
                     _write_figure_data(out / "figure_data", name, tsne)
-                prov = run.provenance
+                prov = run.provenance()
                 results["meta"]["provenance"][name] = prov
                 results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
                 entry["per_training_seed"][str(s)] = {**_prior_entry(run, record), "timings": run.timings(),
