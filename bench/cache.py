@@ -39,6 +39,29 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_tensor_file(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    """Write tensors as safetensors atomically (temp file, then rename); returns the file's sha256.
+
+    The one tensor-file format of the suite: the cache and the checkpoints (bench/checkpoint.py) both
+    write it, each with a JSON sidecar (written after it) that records this sha256.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def read_tensor_file(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of a file written by write_tensor_file, after checking its sha256 (ValueError if not).
+
+    Cloned: safetensors maps the file, and a later rewrite would change the tensors under the caller.
+    """
+    if sha256_file(path) != sha256:
+        raise ValueError(f"sha256 mismatch in {path}")
+    return {k: v.clone() for k, v in load_file(str(path)).items()}
+
+
 class Cache:
     """Save and load named tensors under (kind, key)."""
 
@@ -56,10 +79,7 @@ class Cache:
             return None
         try:
             meta = json.loads(meta_file.read_text())
-            if sha256_file(data_file) != meta["sha256"]:
-                raise ValueError("sha256 mismatch")
-            # clone: safetensors maps the file, and a later rewrite would change these tensors
-            tensors = {k: v.clone() for k, v in load_file(str(data_file)).items()}
+            tensors = read_tensor_file(data_file, meta["sha256"])
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             warnings.warn(f"cache entry {d} is corrupted ({e}); rebuilding it", stacklevel=2)
             shutil.rmtree(d, ignore_errors=True)
@@ -70,9 +90,6 @@ class Cache:
         """Write tensors then the sidecar (the sidecar last: an entry without it does not exist)."""
         d = self.path(kind, key)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / ".tensors.safetensors.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, d / "tensors.safetensors")
-        meta = {**meta, "sha256": sha256_file(d / "tensors.safetensors"), "key": key, "kind": kind}
+        meta = {**meta, "sha256": write_tensor_file(d / "tensors.safetensors", tensors), "key": key, "kind": kind}
         atomic_write_json(d / "meta.json", meta)
         return meta

@@ -9,13 +9,11 @@ kill is either the previous one or the new one, never half of each.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from bench.cache import sha256_file
+from bench.cache import read_tensor_file, write_tensor_file
 from bench.io import atomic_write_json
 
 
@@ -25,12 +23,8 @@ def save_state(path: Path | str, state) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
-    tmp = path.with_name(f".{path.name}.safetensors.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    final = path.with_name(path.name + ".safetensors")
-    os.replace(tmp, final)
-    atomic_write_json(path.with_name(path.name + ".json"),
-                      {"skeleton": skeleton, "sha256": sha256_file(final)})
+    sha = write_tensor_file(path.with_name(path.name + ".safetensors"), tensors)
+    atomic_write_json(path.with_name(path.name + ".json"), {"skeleton": skeleton, "sha256": sha})
 
 
 def load_state(path: Path | str):
@@ -41,9 +35,7 @@ def load_state(path: Path | str):
         return None
     try:
         meta = json.loads(meta_file.read_text())
-        if sha256_file(data_file) != meta["sha256"]:
-            return None
-        return _unflatten(meta["skeleton"], load_file(str(data_file)))
+        return _unflatten(meta["skeleton"], read_tensor_file(data_file, meta["sha256"]))
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
 

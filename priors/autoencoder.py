@@ -24,7 +24,7 @@ from bench.features.kl_vae import KLVAE, KLVAE_PRESETS, train_kl_vae
 from priors.base import Prior, PriorInfo, check
 from priors.registry import register_prior
 
-VAE_VERSION = "1"  # bump when the KL-VAE or its latents change
+VAE_VERSION = "2"  # bump when the KL-VAE or its latents change (2: bench/core/conv.py modules, new weight names)
 
 
 class KLVAEPrior(Prior):

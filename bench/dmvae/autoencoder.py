@@ -22,7 +22,6 @@ A `variational` encoder emits (mean, logvar) for the KL baseline; the DMVAE enco
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from bench import distributed as D
 from bench.config import require
 from bench.core import noise as rng
-from bench.features.kl_vae import ResBlock, _norm
+from bench.core.conv import Decoder, Encoder, group_norm
 
 LPIPS_STATUS = ("unavailable: no weights (LPIPS needs torchvision's VGG16 weights, not available offline; "
                 "run without it, docs/method.md 2.1)")
@@ -63,66 +62,6 @@ TOKENIZER_PRESETS = {
 }
 
 
-def _levels(down: int) -> int:
-    levels = round(math.log2(down))
-    if down < 1 or 2 ** levels != down:
-        raise ValueError(f"the image side / latent side must be a power of 2, got {down}")
-    return levels
-
-
-def _widths(width: int, levels: int) -> list[int]:
-    return [width * 2 ** min(i, 2) for i in range(levels + 1)]
-
-
-class Encoder(nn.Module):
-    """Images (B, c, R, R) -> latents (B, C, R/down, R/down)."""
-
-    def __init__(self, in_ch: int, latent_ch: int, down: int, width: int, variational: bool = False):
-        super().__init__()
-        levels = _levels(down)
-        w = _widths(width, levels)
-        self.latent_ch, self.variational = latent_ch, variational
-        layers = [nn.Conv2d(in_ch, w[0], 3, 1, 1)]
-        for i in range(levels):
-            layers += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, 2, 1)]  # stride 2 halves R
-        layers += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(),
-                   nn.Conv2d(w[-1], latent_ch * (2 if variational else 1), 3, 1, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, logvar) of a variational encoder, each (B, C, h, w)."""
-        mean, logvar = self.net(x).chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic latent (the posterior mean for a variational encoder)."""
-        out = self.net(x)
-        return out[:, :self.latent_ch] if self.variational else out
-
-
-class Decoder(nn.Module):
-    """Latents (B, C, h, w) -> images (B, c, h*up, w*up), unclamped."""
-
-    def __init__(self, latent_ch: int, out_ch: int, up: int, width: int):
-        super().__init__()
-        levels = _levels(up)
-        w = _widths(width, levels)
-        layers = [nn.Conv2d(latent_ch, w[-1], 3, 1, 1), ResBlock(w[-1])]
-        for i in reversed(range(levels)):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i + 1], w[i], 3, 1, 1),
-                       ResBlock(w[i])]
-        layers += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], out_ch, 3, 1, 1)]
-        self.net = nn.Sequential(*layers)
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The output conv's weight: where the adaptive GAN weight compares gradient norms."""
-        return self.net[-1].weight
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-
 def build_tokenizer(image_shape: tuple[int, int, int], latent_shape: tuple[int, int, int],
                     cfg: TokenizerConfig, variational: bool = False) -> tuple[Encoder, Decoder]:
     """Encoder and decoder between images (c, R, R) and latents (C, h, h); R / h a power of 2."""
@@ -143,9 +82,9 @@ class PatchDiscriminator(nn.Module):
         mods, ch = [nn.Conv2d(in_ch, width, 4, 2, 1), nn.LeakyReLU(0.2)], width
         for i in range(1, layers):
             nxt = width * 2 ** min(i, 3)
-            mods += [nn.Conv2d(ch, nxt, 4, 2, 1), _norm(nxt), nn.LeakyReLU(0.2)]
+            mods += [nn.Conv2d(ch, nxt, 4, 2, 1), group_norm(nxt), nn.LeakyReLU(0.2)]
             ch = nxt
-        mods += [nn.Conv2d(ch, ch, 3, 1, 1), _norm(ch), nn.LeakyReLU(0.2), nn.Conv2d(ch, 1, 3, 1, 1)]
+        mods += [nn.Conv2d(ch, ch, 3, 1, 1), group_norm(ch), nn.LeakyReLU(0.2), nn.Conv2d(ch, 1, 3, 1, 1)]
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

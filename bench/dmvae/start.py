@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from bench import distributed as D
 from bench.config import require
-from bench.dmvae.autoencoder import Decoder, Encoder, TokenizerConfig, build_tokenizer
+from bench.core.conv import Decoder, Encoder
+from bench.dmvae.autoencoder import TokenizerConfig, build_tokenizer
 from bench.dmvae.loop import average_gradients, shard_batch
 from bench.training import check_finite, cosine_lr, log_progress
 

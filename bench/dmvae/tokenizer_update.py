@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from bench.core.ema import ema_update, make_ema
-from bench.dmvae.autoencoder import Decoder, Encoder, ReconstructionLoss, TokenizerConfig
+from bench.core.conv import Decoder, Encoder
+from bench.dmvae.autoencoder import ReconstructionLoss, TokenizerConfig
 from bench.dmvae.loop import average_gradients
 from bench.training import check_finite
 

@@ -7,58 +7,28 @@ decoder; loss L1 + mse_weight * MSE + kl_weight * KL, no perceptual or GAN term.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from bench.core.conv import Decoder, Encoder
 from bench.training import check_finite, cosine_lr, log_progress
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, ch), ch)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, identity shortcut (LDM's ResnetBlock without time embedding)."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, 1, 1),
-                                  _norm(ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 class KLVAE(nn.Module):
-    """Conv VAE; widths double at each of the log2(down) resolution halvings."""
+    """Conv VAE: bench/core/conv.py's variational Encoder and its Decoder."""
 
     def __init__(self, in_ch: int = 1, down: int = 4, latent_ch: int = 4, width: int = 16):
         super().__init__()
-        levels = int(math.log2(down))
-        if 2 ** levels != down:
-            raise ValueError(f"down must be a power of 2, got {down}")
         self.down, self.latent_ch = down, latent_ch
-        w = [width * 2 ** i for i in range(levels + 1)]
-        enc = [nn.Conv2d(in_ch, w[0], 3, 1, 1)]
-        for i in range(levels):
-            enc += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, 2, 1)]  # strided conv halves R
-        enc += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(), nn.Conv2d(w[-1], 2 * latent_ch, 3, 1, 1)]
-        self.encoder = nn.Sequential(*enc)
-        dec = [nn.Conv2d(latent_ch, w[-1], 3, 1, 1), ResBlock(w[-1])]
-        for i in reversed(range(levels)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i + 1], w[i], 3, 1, 1),
-                    ResBlock(w[i])]
-        dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], in_ch, 3, 1, 1)]
-        self.decoder = nn.Sequential(*dec)
+        self.encoder = Encoder(in_ch, latent_ch, down, width, variational=True)
+        self.decoder = Decoder(latent_ch, in_ch, down, width)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior (mean, logvar), each (B, latent_ch, R/down, R/down)."""
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)  # LDM's clamp: keeps exp(logvar) finite
+        return self.encoder.posterior(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image (B, C, R, R), unclamped (the training target lives in [-1, 1])."""
