@@ -206,7 +206,11 @@ class FeaturePrior(Prior):
                        train_seconds=seconds)
             cache.save("prior", key, {"z": z, "y": y, **{f"ae.{k}": v for k, v in ae.state_dict().items()}},
                        {"prior": self.info.name, "arch": ae.arch, "fit": fit})
-        self.autoencoder, self.z_train, self.y_train = ae.eval(), z, y
+        # Contiguous, as the cache gives it back: the projector's output is a channels_last view (a ViT's
+        # tokens, the text projector's (N, h*w, C) transposed), and the DiT's training steps on these
+        # samples are not bit-identical across memory layouts, so a freshly built prior (cold cache) and
+        # a loaded one (warm) would train slightly different teachers from the same values.
+        self.autoencoder, self.z_train, self.y_train = ae.eval(), z.contiguous(), y
         self._provenance = {
             "feature_source": self.source, "network": network, **({"fallback": fallback} if fallback else {}),
             "reference_set": {**reference, "images": len(idx)}, **self._key_extra_provenance(),
