@@ -103,7 +103,12 @@ class Prior:
     def build(self, cache: Cache | None = None) -> "Prior":
         """Build the reference latents (idempotent; uses the content-addressed cache)."""
         if not self.built:
-            self._build(cache or Cache())
+            # Under a forked global RNG: the trainers of the feature nets and reductions call
+            # torch.manual_seed and draw from the global stream, a load from the cache does not, so a
+            # build would otherwise leave the process's global RNG in a state that depends on the cache.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                self._build(cache or Cache())
             self.built = True
         return self
 

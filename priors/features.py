@@ -206,7 +206,15 @@ class FeaturePrior(Prior):
                        train_seconds=seconds)
             cache.save("prior", key, {"z": z, "y": y, **{f"ae.{k}": v for k, v in ae.state_dict().items()}},
                        {"prior": self.info.name, "arch": ae.arch, "fit": fit})
-        self.autoencoder, self.z_train, self.y_train = ae.eval(), z, y
+        # Contiguous, as the cache gives it back: the projector's output is a channels_last view (a ViT's
+        # tokens, the text projector's (N, h*w, C) transposed), and the DiT's training steps on these
+        # samples are not bit-identical across memory layouts, so a freshly built prior (cold cache) and
+        # a loaded one (warm) would train slightly different teachers from the same values.
+        self.autoencoder, self.z_train, self.y_train = ae.eval(), z.contiguous(), y
+        # The feature net is not kept either: a warm build never loads it, so its first use after the build
+        # (the encoder start's reference latents) constructs it, and that draws from the global RNG inside
+        # the start's seeded stage; a cold build must leave the same state, not its freshly trained net.
+        self._net = None
         self._provenance = {
             "feature_source": self.source, "network": network, **({"fallback": fallback} if fallback else {}),
             "reference_set": {**reference, "images": len(idx)}, **self._key_extra_provenance(),

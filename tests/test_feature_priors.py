@@ -44,6 +44,7 @@ def build(name, data, cache, **kw):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_build_samples_and_cache(name, data, cache):
+    rng = torch.random.get_rng_state()
     p = build(name, data, cache)
     z, y = p.sample(64, torch.Generator().manual_seed(0))
     assert z.shape == (64, 4, 4, 4) and z.dtype == torch.float32 and torch.isfinite(z).all()
@@ -58,6 +59,11 @@ def test_local_build_samples_and_cache(name, data, cache):
     assert again.cache_hit and not p.cache_hit
     z2, y2 = again.sample(64, torch.Generator().manual_seed(0))
     assert torch.equal(z, z2) and torch.equal(y, y2)
+    # A cold build (p) leaves what a warm one (again) leaves (issue 11, finding 8; tests/test_cold_warm.py):
+    # the global RNG as it found it, latents in the layout the cache returns, no feature net held.
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert z.stride() == z2.stride() and p.z_train.is_contiguous() and again.z_train.is_contiguous()
+    assert p._net is None and again._net is None
 
 
 def test_encode_images_matches_reference_latents(data, cache):
