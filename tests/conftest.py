@@ -1,4 +1,9 @@
-"""Shared test setup: one torch thread, and the synthetic dataset the unit tests build on."""
+"""Shared test setup: one torch thread, and the synthetic dataset the unit tests build on.
+
+The whole suite is the README's test command (CI runs it). Tests over a few seconds carry
+@pytest.mark.slow, so `pytest -m "not slow"` is the fast lane; a fast test must not rely on a slow
+one having filled a cache first.
+"""
 import functools
 
 import pytest

@@ -11,6 +11,7 @@ DATA = dict(resolution=32, limit=120)  # conftest.py's `data` fixture
 SMOKE = PriorSettings(feature_size="smoke", latent_channels=4, latent_size=8)
 
 
+@pytest.mark.slow
 def test_noise_prior_has_the_variance_of_t_half(tmp_path, data):
     p = get_prior("noise")(SMOKE, data).build(Cache(tmp_path))
     z, y = p.sample(4096, torch.Generator().manual_seed(0))

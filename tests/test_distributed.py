@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -27,6 +28,7 @@ def _worker(rank, port, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gloo_two_processes_cover_all_indices_once():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

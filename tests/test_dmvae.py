@@ -302,6 +302,7 @@ def test_gan_is_recorded_as_used_only_if_a_turn_reached_gan_start(monkeypatch, d
     assert hist["loss_terms"]["gan"] is False  # ... so the record must not say the GAN term was used
 
 
+@pytest.mark.slow
 def test_dm_stage_moves_latents_towards_the_prior(data, prior, teacher, start, probe):
     """Gaussian prior: both matching statistics of the curve end well below the start encoder's."""
     s_real, norm, _ = teacher
@@ -484,6 +485,7 @@ def _ddp_worker(rank, port, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_same_nets_as_one_process():
     """Batches AND noise are drawn for the global batch and sharded (bench/core/noise.py), so two
     ranks train what one process trains, up to float summation order."""

@@ -42,6 +42,7 @@ def build(name, data, cache, **kw):
     return get_prior(name)(PriorSettings(**{**LOCAL, **kw}), data).build(cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_local_build_samples_and_cache(name, data, cache):
     rng = torch.random.get_rng_state()
@@ -94,8 +95,9 @@ def test_pretrained_without_weights_names_the_file(name, data, cache, tmp_path):
         build(name, data, cache, features="pretrained", weights_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "text" else n for n in NAMES])
 def test_auto_falls_back_to_local_and_says_so(name, data, cache, tmp_path):
+    build(name, data, cache)  # the local build (from the module's cache when an earlier test made it)
     p = build(name, data, cache, features="auto", weights_dir=str(tmp_path))
     prov = p.provenance()
     assert prov["feature_source"] == "local" and p.cache_hit  # same entry as the local build
@@ -129,6 +131,7 @@ def test_text_provenance_names_captions_and_encoder(data, cache, tmp_path):
     assert p.provenance()["cache"]["key"] != prov["cache"]["key"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial, size, bound", [(True, 8, 0.5), (False, 4, 0.85)])
 def test_reduction_beats_a_constant_image(data, spatial, size, bound):
     x = data.train.images  # (200, 3, 16, 16)

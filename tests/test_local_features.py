@@ -57,6 +57,7 @@ def test_trainer_shapes_and_eval_mode(kind, channels):
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dino", "resnet", "vae"])
 def test_trainer_is_deterministic_given_seed(kind):
     x, y = toy_images()

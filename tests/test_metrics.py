@@ -199,6 +199,7 @@ def inception_cache(tmp_path_factory):
     return Cache(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.mark.slow
 def test_converted_inception_matches_torchscript(inception_cache, monkeypatch):
     images = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():  # 299x299 in: torch-fidelity's resize is the identity

@@ -81,6 +81,7 @@ STRUCTURAL = ("samples have the latent shape", "mean of all", "variance of", "co
               "outside the class subset")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", priors.available())
 def test_every_registered_prior(name, data, shared_cache):
     """The same contract for every prior: builds, samples, verifies its claims, records provenance."""

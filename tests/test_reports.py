@@ -390,6 +390,7 @@ def test_toy_section_when_present(study):
     assert "## 2D toy (paper Fig. 3)" in md and "| dm | ok | 0.0154 | 0.0310 | 80.0 |" in md and "(toy2d/toy2d.png)" in md
 
 
+@pytest.mark.slow
 def test_report_code_does_not_import_torch(study):
     code = ("import sys; from bench.cli import main; rc = main(['report', sys.argv[1]]); "
             "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch was imported'")
@@ -413,6 +414,7 @@ def _chromium(args: list[str], page: Path) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                     reason="Debian chromium is not installed (scripts/setup.sh installs it as root; CI must have it)")
+@pytest.mark.slow
 def test_html_in_headless_chromium(study, tmp_path):
     assert CHROMIUM, "chromium is missing: scripts/setup.sh installs the Debian package 'chromium'"
     _, page = build_report(study)

@@ -40,6 +40,7 @@ def study(tmp_path_factory, cache):
     return out, rc, json.loads((out / "results.json").read_text()), time.time() - t0
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_contract_meta(study):
     out, rc, res, _ = study
     assert rc == 0
@@ -59,6 +60,7 @@ def test_contract_meta(study):
     _no_nan(out / "results.json")
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 @pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
 def test_contract_prior_row(study, name):
     """One training seed: the row is that seed's entry, its spread the sampling seeds'."""
@@ -85,6 +87,7 @@ def test_contract_prior_row(study, name):
                                               {"teacher", "start", "dmvae", "generator"})
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 @pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
 def test_contract_convergence(study, name):
     _, _, res, _ = study
@@ -98,6 +101,7 @@ def test_contract_convergence(study, name):
     assert r["convergence"][-1]["gfid"] == pytest.approx(r["gfid_per_seed"][0]["gfid"])
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 @pytest.mark.parametrize("name", ["gaussian", "gmm"])
 def test_contract_matching_and_dm_stage(study, name):
     _, _, res, _ = study
@@ -114,6 +118,7 @@ def test_contract_matching_and_dm_stage(study, name):
     assert set(r["timings"]) == STAGES and r["encoder_start"]["kind"] == "plain-ae"  # auto, no image encoder
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 @pytest.mark.parametrize("name", ["gaussian", "gmm", "vae"])
 def test_contract_figure_data(study, name):
     out, _, res, _ = study
@@ -126,6 +131,7 @@ def test_contract_figure_data(study, name):
     assert recon.std() > 0.05 and samples.std() > 0.01  # real images, not a blank canvas
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_contract_stage_times_and_report(study):
     """Stage times are each stage's own (lazy stages compute upstream ones inside): they add up to no more
     than the run's wall time (inclusive times would count the training stages twice)."""
@@ -143,6 +149,7 @@ def test_contract_stage_times_and_report(study):
     assert "## Did q(z) reach p_r?" in md and "| vae | — | — (no DM stage)" in md
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_contract_the_vae_row_is_the_kl_baseline(study):
     """No teacher, no start, no matching: never a made-up number."""
     _, _, res, _ = study
@@ -174,6 +181,7 @@ def _cached_rerun(out, cache, monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_rerun_skips_every_stage_and_gives_identical_numbers(study, cache, monkeypatch):
     out, _, first, _ = study
     t0 = time.time()
@@ -185,11 +193,13 @@ def test_rerun_skips_every_stage_and_gives_identical_numbers(study, cache, monke
     assert set(again["priors"]["gaussian"]["cached"]) >= {"evaluate"}
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_cached_rerun_runs_no_inception(study, cache, monkeypatch):
     out, _, _, _ = study
     assert _cached_rerun(out, cache, monkeypatch) == []
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_nan_in_one_prior_marks_it_failed_and_the_other_goes_on(study, cache, tmp_path, monkeypatch):
     out, _, _, _ = study
     for d in ("_shared", "gaussian"):  # the gaussian row is finished already: only gmm trains here
@@ -211,6 +221,7 @@ def test_nan_in_one_prior_marks_it_failed_and_the_other_goes_on(study, cache, tm
     _no_nan(tmp_path / "results.json")
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_force_recomputes_a_stage_and_those_after_it(study, cache, tmp_path, monkeypatch):
     out, _, first, _ = study
     shutil.copytree(out / "stages", tmp_path / "stages")
@@ -372,6 +383,7 @@ def _torchrun(args: list[str], cache: str):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_torchrun_two_processes_give_the_same_metrics(study, cache, tmp_path):
     """`torchrun --nproc_per_node=2` (gloo) trains and evaluates to the single process's numbers.
 
@@ -548,6 +560,7 @@ def _single_runs(study, tmp_path, cache, groups):
     return dirs
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_results_csv_and_load_results_have_the_documented_columns(study):
     from reports import load_results
     from reports.data import COLUMNS, METRIC_INDEX
@@ -566,6 +579,7 @@ def test_results_csv_and_load_results_have_the_documented_columns(study):
     assert list(csv.columns) == COLUMNS and len(csv) == len(frame)
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_merged_report_of_single_prior_runs_equals_the_two_prior_run(study, cache, tmp_path):
     a, b = _single_runs(study, tmp_path, cache, ["gaussian", "gmm"])
     both = _single_runs(study, tmp_path / "both", cache, ["gaussian,gmm"])[0]
@@ -578,6 +592,7 @@ def test_merged_report_of_single_prior_runs_equals_the_two_prior_run(study, cach
     assert (merged / "results.csv").is_file() and (merged / "figure_data" / "tsne_gaussian.json").is_file()
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_merge_pools_training_seeds_and_labels_differing_configs(study, cache, tmp_path):
     from reports.merge import merge_runs
 
@@ -600,6 +615,7 @@ def test_merge_pools_training_seeds_and_labels_differing_configs(study, cache, t
     assert sorted(res["priors"]) == ["gaussian [dmvae.steps=40]", "gaussian [dmvae.steps=99]"]
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
 def test_merging_runs_with_different_n_is_refused(study, cache, tmp_path, capsys):
     a, = _single_runs(study, tmp_path, cache, ["gaussian"])
     other = json.loads((a / "results.json").read_text())

@@ -27,6 +27,7 @@ def test_s_curve_target_matches_spec():
     assert d.quantile(0.99) < 0.25
 
 
+@pytest.mark.slow
 def test_metrics_separate_good_from_bad(evaluator):
     g = torch.Generator().manual_seed(5)
     good = evaluator(targets.s_curve(1536, g))
@@ -53,6 +54,7 @@ def _tiny(**kw):
     return build(ToyConfig, {**base, **kw})
 
 
+@pytest.mark.slow
 def test_fast_dm_run_beats_bound(tmp_path, evaluator):
     res = run_toy(_tiny(), tmp_path, log=lambda *_: None)
     start = evaluator((torch.rand(512, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 1.5)
@@ -65,6 +67,7 @@ def test_fast_dm_run_beats_bound(tmp_path, evaluator):
     assert (tmp_path / "toy2d.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_non_finite_loss_is_reported_not_written(tmp_path):
     res = run_toy(_tiny(teacher_steps=50, steps=4, points_lr=1e30, objectives=("dm",)),
                   tmp_path, log=lambda *_: None)
