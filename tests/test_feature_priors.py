@@ -95,7 +95,7 @@ def test_pretrained_without_weights_names_the_file(name, data, cache, tmp_path):
         build(name, data, cache, features="pretrained", weights_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "text" else n for n in NAMES])
+@pytest.mark.parametrize("name", [*NAMES[:3], pytest.param("text", marks=[*NAMES[3].marks, pytest.mark.slow])])
 def test_auto_falls_back_to_local_and_says_so(name, data, cache, tmp_path):
     build(name, data, cache)  # the local build (from the module's cache when an earlier test made it)
     p = build(name, data, cache, features="auto", weights_dir=str(tmp_path))
