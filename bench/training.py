@@ -17,11 +17,15 @@ def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/Inf: the message names the step and what was being trained."""
+
+
 def check_finite(value: torch.Tensor, step: int, what: str) -> None:
     """Stop at the first non-finite loss, naming it ("DM stage: DM loss"), instead of training on garbage."""
     if not torch.isfinite(value):
-        raise RuntimeError(f"{what}: non-finite loss ({value.item()}) at step {step}; lower the learning rate "
-                           f"or check the inputs for NaN/inf.")
+        raise NonFiniteLoss(f"{what}: non-finite loss ({value.item()}) at step {step}; lower the learning rate "
+                            f"or check the inputs for non-finite values.")
 
 
 def log_progress(what: str, step: int, steps: int, loss: float, t0: float, every: int) -> None:

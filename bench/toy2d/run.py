@@ -23,6 +23,7 @@ from bench.io import atomic_write_json, environment
 from bench.toy2d.metrics import MetricSettings, ToyEvaluator
 from bench.toy2d.objectives import OBJECTIVES, check_objectives, objective_loss
 from bench.toy2d.targets import get_target
+from bench.training import NonFiniteLoss, check_finite
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,6 @@ TOY_PRESETS = {
 }
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced NaN/Inf; carries the step and what was being trained."""
-
-
-def _check(loss: torch.Tensor, step: int, what: str):
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} of {what}")
-
-
 def train_teacher(cfg: ToyConfig, target, log=print):
     """S_real: flow matching on fresh target samples each step; returns the EMA net."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -79,7 +71,7 @@ def train_teacher(cfg: ToyConfig, target, log=print):
     y = torch.zeros(cfg.teacher_batch, dtype=torch.long)
     for step in range(cfg.teacher_steps):
         loss = flow_matching_loss(net, target(cfg.teacher_batch, g), y, ts, cfg.label_dropout, g)
-        _check(loss, step, "the teacher S_real")
+        check_finite(loss, step, "the teacher S_real")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,7 +97,7 @@ def run_objective(name: str, cfg: ToyConfig, real) -> list[torch.Tensor]:
     for step in range(1, cfg.steps + 1):
         # S_fake: one flow-matching step on the current points sg(z)
         loss_f = flow_matching_loss(fake, z.detach(), y, ts, cfg.label_dropout, g)
-        _check(loss_f, step, f"S_fake under objective '{name}'")
+        check_finite(loss_f, step, f"S_fake under objective '{name}'")
         opt_fake.zero_grad(set_to_none=True)
         loss_f.backward()
         opt_fake.step()
@@ -114,7 +106,7 @@ def run_objective(name: str, cfg: ToyConfig, real) -> list[torch.Tensor]:
             t = ts(cfg.n_points, generator=g)
             eps = torch.randn(cfg.n_points, 2, generator=g)
             loss = objective_loss(name, real, fake, z, y, t, eps, cfg.cfg)
-            _check(loss, step, f"objective '{name}'")
+            check_finite(loss, step, f"objective '{name}'")
             (grad,) = torch.autograd.grad(loss, z)  # gradients reach z only, never the nets
             opt_z.zero_grad(set_to_none=True)
             z.grad = grad
