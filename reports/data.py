@@ -54,9 +54,9 @@ def _sampled(*path, n="gfid_n"):
     return get
 
 
-def _structure(key):
-    return lambda e: None if _dig(e, "structure", "dmvae", key) is None else (
-        e["structure"]["dmvae"][key], None, _dig(e, "structure", "dmvae", "n"), None)
+def _structure(key, side="dmvae"):
+    return lambda e: None if _dig(e, "structure", side, key) is None else (
+        e["structure"][side][key], None, _dig(e, "structure", side, "n"), None)
 
 
 def _matching(which, stat):
@@ -80,6 +80,10 @@ METRICS = [
     Metric("linear_probe_accuracy", True, _structure("linear_probe_accuracy"),
            "linear-probe class accuracy of the DMVAE latents"),
     Metric("silhouette", True, _structure("silhouette"), "class silhouette of the DMVAE latents"),
+    *[Metric(f"{key}_reference", None, _structure(key, "reference"),
+             f"{label} of p_r's own draws (a property of the prior, not a score of the run)")
+      for key, label in (("knn_accuracy", "kNN class accuracy"), ("linear_probe_accuracy", "linear-probe accuracy"),
+                         ("silhouette", "class silhouette"))],
     *[Metric(f"{stat}_{which}", None if which in ("floor", "before") else False, _matching(which, stat),
              f"{stat} of the {label} against p_r")
       for which, label in (("before", "start encoder's latents"), ("after", "final encoder's latents"),

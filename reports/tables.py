@@ -235,17 +235,22 @@ def gfid_resolution(results: dict, z: float = 2.0) -> Table:
 
 
 # ------------------------------------------------------------------------------------ structure
+def _means(results: dict):
+    """mean over the training seeds of (prior, metric), from the tidy frame (reports/data.py summary)."""
+    summ = summary(results)
+    return lambda name, metric: float(summ.loc[(name, metric), "mean"]) if (name, metric) in summ.index else None
+
+
 def structure_table(results: dict) -> Table:
     t = Table("Latent structure", ["prior", "kNN acc. ref / DMVAE", "lin. probe ref / DMVAE",
                                    "silhouette ref / DMVAE"])
-    for name, r in ok_priors(results).items():
-        ref, dm = r["structure"]["reference"], r["structure"]["dmvae"]
-        t.add([name, f"{fmt(ref['knn_accuracy'], 3)} / {fmt(dm['knn_accuracy'], 3)}",
-               f"{fmt(ref['linear_probe_accuracy'], 3)} / {fmt(dm['linear_probe_accuracy'], 3)}",
-               f"{fmt(ref['silhouette'], 3)} / {fmt(dm['silhouette'], 3)}"])
+    mean = _means(results)
+    for name in ok_priors(results):
+        t.add([name, *(f"{fmt(mean(name, f'{k}_reference'), 3)} / {fmt(mean(name, k), 3)}"
+                       for k in ("knn_accuracy", "linear_probe_accuracy", "silhouette"))])
     t.notes.append("ref: draws of the reference distribution p_r with their labels; DMVAE: the tokenizer's "
-                   "normalised latents of held-out images (first training seed). Where q(z) reached p_r the two "
-                   "columns should tell the same story.")
+                   "normalised latents of held-out images. Means over the training seeds. Where q(z) reached p_r "
+                   "the two columns should tell the same story.")
     return t
 
 
@@ -254,16 +259,20 @@ def matching_table(results: dict) -> Table:
     t = Table("Distribution matching: q(z) against p_r, before → after the DM stage",
               ["prior", "encoder start", "MMD² before → after", "MMD² floor", "MMD² S_real samples",
                "C2ST acc. before → after", "C2ST floor", "sliced W2 before → after (floor)", "reached"])
+    mean = _means(results)
     for name, r in ok_priors(results).items():
-        m = r.get("matching")
-        if not m:
+        if not r.get("matching"):
             t.add([name, "—", *["— (no DM stage)"] * 6, "—"])
             continue
-        b, a, f, ts = m["before"], m["after"], m["floor"], m["teacher_samples"]
+
+        def s(stat, which, digits):
+            return fmt(mean(name, f"{stat}_{which}"), digits)
         start = (r.get("encoder_start") or {}).get("kind", "?")
-        t.add([name, start, f"{fmt(b['mmd2'], 4)} → {fmt(a['mmd2'], 4)}", fmt(f["mmd2"], 4), fmt(ts["mmd2"], 4),
-               f"{fmt(b['c2st_acc'], 3)} → {fmt(a['c2st_acc'], 3)}", fmt(f["c2st_acc"], 3),
-               f"{fmt(b['sliced_w2'], 3)} → {fmt(a['sliced_w2'], 3)} ({fmt(f['sliced_w2'], 3)})", reached_cell(r)])
+        t.add([name, start, f"{s('mmd2', 'before', 4)} → {s('mmd2', 'after', 4)}", s("mmd2", "floor", 4),
+               s("mmd2", "teacher_samples", 4), f"{s('c2st_acc', 'before', 3)} → {s('c2st_acc', 'after', 3)}",
+               s("c2st_acc", "floor", 3),
+               f"{s('sliced_w2', 'before', 3)} → {s('sliced_w2', 'after', 3)} ({s('sliced_w2', 'floor', 3)})",
+               reached_cell(r)])
     t.notes.append("All statistics in p_r's normalised latent space, against one fixed draw of p_r: x = encoder "
                    "latents of held-out images (start encoder before, final EMA encoder after). Floor: the same "
                    "statistic between two independent draws of p_r at the same N. S_real samples: the teacher's own "
