@@ -1,9 +1,10 @@
-"""Command line of run_all.py: the study (default), `toy2d`, `report`, `priors`.
+"""Command line of run_all.py: the study (default), `toy2d`, `report`, `priors`, `score`.
 
     python run_all.py --priors gaussian,text,resnet,dino,noise [--preset cpu] [--out DIR]
     python run_all.py toy2d [--out DIR] [--target s_curve] [--objectives dm,real_score]
     python run_all.py report DIR
     python run_all.py priors [--check]
+    python run_all.py score SAMPLES.npz REF.npz [--json OUT.json] [--inception-weights PATH]
 
 Bad input ends with one paragraph on stderr (exit code 2), never a bare traceback.
 """
@@ -17,13 +18,14 @@ from pathlib import Path
 
 from bench.errors import UserError, unknown
 
-COMMANDS = ("toy2d", "report", "priors")
+COMMANDS = ("toy2d", "report", "priors", "score")
 
 EPILOG = """sub-commands:
   (none)   the prior study: one DMVAE per prior, rFID / gFID / convergence / t-SNE, reports
   toy2d    the paper's 2D toy (Fig. 3) with every objective measured (run_all.py toy2d --help)
   report   re-render a report from an output folder's results.json
   priors   list the reference priors (--check verifies each one)
+  score    score a samples .npz against a reference .npz (ADM layout): FID, sFID, precision/recall, IS
 """
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in COMMANDS:
-            return {"toy2d": _toy2d, "report": _report, "priors": _priors}[argv[0]](argv[1:])
+            return {"toy2d": _toy2d, "report": _report, "priors": _priors, "score": _score}[argv[0]](argv[1:])
         if argv and not argv[0].startswith("-"):
             raise unknown("sub-command", argv[0], COMMANDS)
         return _study(argv)
@@ -258,6 +260,39 @@ def _report(argv) -> int:
         print(f"merged: {write_merged(Path(args.dir), [Path(r) for r in args.runs])}")
     md, page = build_report(Path(args.dir))
     print(f"report: {md}\nreport: {page}")
+    return 0
+
+
+def _score(argv) -> int:
+    p = _Parser(prog="run_all.py score", description=(
+        "Score a samples .npz against a reference .npz, both in the ADM layout of openai/guided-diffusion's "
+        "evaluator (arr_0 = uint8 images (N, H, W, 3); a reference may also hold mu/sigma and mu_s/sigma_s): "
+        "FID (against the stored mu/sigma when present, else the reference images), sFID, precision/recall "
+        "(k = 3) against the reference images, and the Inception Score when Inception weights with the "
+        "classifier layer are available; otherwise it is reported as not measured, with the reason."))
+    p.add_argument("samples", help="samples .npz (arr_0: uint8 (N, H, W, 3))")
+    p.add_argument("reference", help="reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
+    p.add_argument("--json", help="also write the result (every metric with its settings) to this JSON file")
+    p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (with "
+                   "the classifier) for the Inception Score; default: the torch hub cache, if it is there")
+    p.add_argument("--cache-dir", help="content-addressed cache for the Inception weights and the reference "
+                                       "features (default $DMVAE_CACHE, else ~/.cache/dmvae-bench)")
+    args = p.parse_args(argv)
+    from bench.cache import Cache
+    from bench.io import atomic_write_json
+    from bench.metrics.standard import score, table
+
+    if args.json:
+        try:
+            _probe(Path(args.json).parent)
+        except OSError as e:
+            raise UserError(f"Cannot write the JSON file '{args.json}' ({e.strerror}); pass a path in a "
+                            f"writable folder with --json.") from None
+    result = score(args.samples, args.reference, args.inception_weights, Cache(_writable_cache(args.cache_dir)))
+    print(table(result))
+    if args.json:
+        atomic_write_json(Path(args.json), result)
+        print(f"json: {args.json}")
     return 0
 
 

@@ -100,6 +100,26 @@ def frechet_distance_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return float((mu1 - mu2).pow(2).sum() + a.pow(2).sum() / c1 + b.pow(2).sum() / c2 - 2 * cross)
 
 
+def frechet_distance_to_stats(feats: torch.Tensor, mu, sigma) -> float:
+    """The Frechet distance of features (N, D) to stored statistics (mu, sigma), exact for N <= D.
+
+    With centred features A and S1 = A'A / (N - 1), the non-zero eigenvalues of S1 S2 are those of
+    the symmetric N x N matrix A S2 A' / (N - 1), so Tr (S1 S2)^(1/2) is the sum of their square
+    roots (negative round-off clipped to 0). For N > D the usual statistics form is used.
+    """
+    f = torch.as_tensor(feats).double()
+    mu2, s2 = torch.as_tensor(np.asarray(mu)).double(), torch.as_tensor(np.asarray(sigma)).double()
+    if len(f) > f.shape[1]:
+        m1, s1 = stats(f)
+        return frechet_distance(m1, s1, mu2, s2)
+    m1 = f.mean(0)
+    a = f - m1
+    c = len(f) - 1
+    small = a @ s2 @ a.T / c
+    cross = torch.linalg.eigvalsh((small + small.T) / 2).clamp(min=0).sqrt().sum()
+    return float((m1 - mu2).pow(2).sum() + a.pow(2).sum() / c + torch.trace(s2) - 2 * cross)
+
+
 def fid_against_reference(feats: torch.Tensor, ref: dict) -> float:
     """FID of features against reference() statistics: the feature form when either set has at
     most D samples (exact there), else the usual statistics form."""
