@@ -7,6 +7,8 @@ the keys of `DATASETS`: fashion-mnist (the embedded default, Debian's dataset-fa
 cifar10, imagefolder (ImageNet layout, ADM center crop) and synthetic (procedural, no files).
 An imagefolder file that cannot be decoded (truncated, not an image) is skipped, named on stderr and
 recorded in Splits.source / Splits.skipped; too many of them stop the load (_check_unreadable).
+Imagefolder sets also carry each image's file name ("<class>/<file>", ImageSet.files), by which a
+captions file may key its captions (bench/features/text.py).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class ImageSet:
     images: torch.Tensor   # (N, C, R, R) float32 in [-1, 1]
     labels: torch.Tensor   # (N,) long
     class_names: list[str]
+    files: tuple[str, ...] = ()  # file-backed sets (imagefolder): image i's path below its split's
+                                 # folder, "<class>/<file>"; empty for the others (not in the fingerprint)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,6 +88,7 @@ class _Pool:
     labels: np.ndarray
     fetch: Callable[[np.ndarray], torch.Tensor]
     unreadable: dict[int, str] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # file-backed pools: each index's path relative to the split's folder
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,9 @@ def load_dataset(spec: DataSpec) -> Splits:
         read.append(pool.labels[idx])
         bad.append(pool.labels[idx[unreadable]])
         idx = idx[~unreadable]
+        files = tuple(pool.names[i] for i in idx) if pool.names else ()
         return ImageSet(images.float().contiguous(), torch.from_numpy(pool.labels[idx]).long(),
-                        list(raw.class_names))
+                        list(raw.class_names), files)
 
     train, val = take(raw.train, train_idx), take(raw.train, val_idx)
     test = take(test_pool, test_idx)
@@ -353,8 +359,9 @@ def _imagefolder(spec: DataSpec) -> _Raw:
 
     res = spec.resolution
 
-    def pool(paths, labels) -> _Pool:
+    def pool(paths, labels, folder: Path) -> _Pool:
         unreadable: dict[int, str] = {}
+        names = tuple(p.relative_to(folder).as_posix() for p in paths)
 
         def fetch(idx):
             arrs = []
@@ -366,7 +373,7 @@ def _imagefolder(spec: DataSpec) -> _Raw:
                     unreadable[int(i)] = f"{paths[i]} ({_one_line(e)})"  # truncated, not an image, ...
             x = np.stack(arrs) if arrs else np.zeros((0, res, res, 3), np.uint8)
             return _uint8_to_unit(torch.from_numpy(x).permute(0, 3, 1, 2))      # (n, 3, R, R)
-        return _Pool(labels, fetch, unreadable)
+        return _Pool(labels, fetch, unreadable, names)
 
     test, source = None, f"imagefolder: {train_dir} ({len(paths)} images, {len(classes)} classes)"
     val_dir = root / "val"
@@ -377,11 +384,11 @@ def _imagefolder(spec: DataSpec) -> _Raw:
             raise UserError(f"{val_dir} must hold images in the train class folders (ImageNet "
                             f"layout val/<class>/*); found extra classes {extra[:5]} and "
                             f"{len(val_paths)} images in train classes.")
-        test = pool(val_paths, val_labels)
+        test = pool(val_paths, val_labels, val_dir)
         source += f", test: {val_dir} ({len(val_paths)} images)"
     else:
         source += ", test held out from train (no val/ dir)"
-    return _Raw(pool(paths, labels), test, classes, source + f", ADM center crop to {res}")
+    return _Raw(pool(paths, labels, train_dir), test, classes, source + f", ADM center crop to {res}")
 
 
 # ---------------------------------------------------------------- synthetic

