@@ -34,6 +34,7 @@ class PriorInfo:
     feature_kind: str | None = None  # dino | resnet | text | vae | None (analytic)
 
 
+NET_KINDS = ("dino", "resnet", "text")           # feature kinds with a choice of pretrained network
 FEATURE_SOURCES = ("pretrained", "local", "auto")  # auto: pretrained when weights exist, else local
 FEATURE_SIZES = ("smoke", "cpu", "gpu")            # training budgets of the locally trained feature nets
 
@@ -46,9 +47,21 @@ class PriorOptions:
     subdino_classes: tuple[int, ...] | None = None  # subdino prior: None is the documented default subset
     noise_t: float = 0.5               # noise prior: t of z_t = t z + (1 - t) eps (bench/core/flow.py)
     gmm_components: int = 10           # gmm prior: mixture components
+    # Which pretrained network a feature source "pretrained" (or "auto" when found) loads: a variant of
+    # bench/features/pretrained.py's table (None: its DEFAULT_VARIANT, e.g. dino_net=vitl14 for the
+    # paper's ViT-L/14). Left out of the prior's stage key while None (bench/study/pipeline.py).
+    dino_net: str | None = None        # dino, subdino: vits14 | vitl14 | vits14-reg | vitl14-reg
+    resnet_net: str | None = None      # resnet: resnet34 | resnet34-tv | resnet50 | resnet50-tv
+    text_net: str | None = None        # text: siglip-b16 | siglip-so400m
 
     def __post_init__(self):
         require(self, positive=("gmm_components",), fraction=("noise_t",))
+        from bench.features.pretrained import PRETRAINED
+        require(self, choices={f"{kind}_net": (None, *PRETRAINED[kind]) for kind in NET_KINDS})
+
+    def net(self, kind: str) -> str | None:
+        """The chosen variant of a pretrained feature kind (dino, resnet, text); None: the default."""
+        return getattr(self, f"{kind}_net")
 
 
 @dataclass(frozen=True)

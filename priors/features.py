@@ -82,19 +82,24 @@ class FeaturePrior(Prior):
     def _resolve_source(self) -> tuple[str, dict, str | None]:
         """('pretrained' | 'local', the network's provenance, the auto fallback line or None)."""
         kind, s = self.info.feature_kind, self.settings
-        fallback = None
+        variant, fallback = self._variant(), None
         if s.features in ("pretrained", "auto"):
-            path = P.resolve_weights(kind, None, s.weights_dir)
+            path = P.resolve_weights(kind, variant, s.weights_dir)
+            spec = P.get_spec(kind, variant)
             if path is not None:
-                spec = P.get_spec(kind)
-                return "pretrained", dict(name=spec.name, variant=P.DEFAULT_VARIANT[kind], hf_hub_id=spec.hf_hub_id,
+                return "pretrained", dict(name=spec.name, variant=variant, hf_hub_id=spec.hf_hub_id,
                                           weights_file=str(path), sha256=sha256_file(path), note=spec.note), None
             if s.features == "pretrained":
-                P.load_pretrained(kind, None, s.weights_dir)  # raises the UserError naming every file looked for
+                P.load_pretrained(kind, variant, s.weights_dir)  # raises the UserError naming every file looked for
             where = f"--weights-dir {s.weights_dir}" if s.weights_dir else "no --weights-dir"
-            fallback = (f"pretrained weights for {kind} ({P.get_spec(kind).name}) not found ({where}, nor the "
+            fallback = (f"pretrained weights for {kind} ({spec.name}) not found ({where}, nor the "
                         f"Hugging Face / torch hub caches); used the {self.local_name}")
         return "local", self._local_provenance(), fallback
+
+    def _variant(self) -> str:
+        """The pretrained network chosen for this prior's kind (settings.dino_net etc., else the default)."""
+        kind = self.info.feature_kind
+        return self.settings.net(kind) or P.DEFAULT_VARIANT[kind]
 
     def _local_provenance(self) -> dict:
         net = LOCAL_NETS[self.info.feature_kind]()
@@ -115,7 +120,8 @@ class FeaturePrior(Prior):
         """images (B, c, R, R) -> features (B, D, h', w') or (B, N, D); loaded or trained on first use."""
         if self._net is None:
             if self.source == "pretrained":
-                model = P.load_pretrained(self.info.feature_kind, None, self.settings.weights_dir).to(self.device)
+                model = P.load_pretrained(self.info.feature_kind, self._variant(),
+                                          self.settings.weights_dir).to(self.device)
                 self._net = model
             else:
                 net, cfg, key = self._local
@@ -266,7 +272,7 @@ class FeaturePrior(Prior):
 
 @register_prior
 class Dino(FeaturePrior):
-    """DINO patch tokens (DINOv2 ViT-S/14 pretrained, or the local self-distilled ViT), reduced."""
+    """DINO patch tokens (DINOv2 ViT-S/14 or prior.dino_net pretrained, or the local self-distilled ViT), reduced."""
 
     info = PriorInfo(name="dino", description="self-supervised ViT patch tokens -> per-token projector",
                      paper_row="DINO", version="1", class_conditional=True, feature_kind="dino")
@@ -380,7 +386,7 @@ class Text(FeaturePrior):
 
     def _embed(self, captions: list[str]) -> torch.Tensor:
         if self._net is None:
-            self._net = (P.load_pretrained("text", None, self.settings.weights_dir).to(self.device)
+            self._net = (P.load_pretrained("text", self._variant(), self.settings.weights_dir).to(self.device)
                          if self.source == "pretrained" else T.MiniLMEncoder(self.device))
         return T.encode_unique(self._net.encode_text, captions).cpu()  # (N, D)
 

@@ -322,7 +322,7 @@ def test_every_setting_is_in_the_dry_run_and_settable(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["priors"] == ["text", "noise"] and cfg["feature_size"] == "smoke"
     assert cfg["prior"] == {"captions_file": "caps.txt", "subdino_classes": [1, 2], "noise_t": 0.3,
-                            "gmm_components": 4}
+                            "gmm_components": 4, "dino_net": None, "resnet_net": None, "text_net": None}
     assert main(["--dry-run", "--set", "priors=gaussian,dino"]) == 0
     assert json.loads(capsys.readouterr().out)["priors"] == ["gaussian", "dino"]
 

@@ -1,4 +1,4 @@
-"""The paper's feature networks (DINOv2, ResNet-34, SigLIP text), loaded from local weights files.
+"""The paper's feature networks (DINOv2 ViT-S/L, with or without registers; ResNet-34/50; SigLIP text), from local files.
 
 Nothing here downloads unless asked (`allow_download=True`, and never with HF_HUB_OFFLINE=1).
 `resolve_weights` looks, in order, for:
@@ -51,7 +51,8 @@ class Pretrained:
 
 
 # One line per weights source; names checked against the installed timm / open_clip in the tests.
-# DINOv2 runs at 224 px: 16 x 16 patches of 14 px, the latent grid of the paper (timm resamples pos_embed).
+# DINOv2 runs at 224 px: 16 x 16 patches of 14 px, the latent grid of the paper (timm resamples pos_embed);
+# 256-px images are resized to it (ImageFeatures.preprocess). Which variant a prior uses: prior.dino_net etc.
 PRETRAINED = {
     "dino": {
         "vits14": Pretrained("timm", "vit_small_patch14_dinov2.lvd142m", "timm/vit_small_patch14_dinov2.lvd142m",
@@ -60,6 +61,15 @@ PRETRAINED = {
         "vitl14": Pretrained("timm", "vit_large_patch14_dinov2.lvd142m", "timm/vit_large_patch14_dinov2.lvd142m",
                              url_file="dinov2_vitl14_pretrain.pth", arch=dict(img_size=224),
                              note="DINOv2 ViT-L/14, 304M params: the paper's DINO row"),
+        # With registers (Darcet et al. 2024): 4 extra prefix tokens, dropped with the class token.
+        "vits14-reg": Pretrained("timm", "vit_small_patch14_reg4_dinov2.lvd142m",
+                                 "timm/vit_small_patch14_reg4_dinov2.lvd142m",
+                                 url_file="dinov2_vits14_reg4_pretrain.pth", arch=dict(img_size=224),
+                                 note="DINOv2 ViT-S/14 with 4 registers, 22M params"),
+        "vitl14-reg": Pretrained("timm", "vit_large_patch14_reg4_dinov2.lvd142m",
+                                 "timm/vit_large_patch14_reg4_dinov2.lvd142m",
+                                 url_file="dinov2_vitl14_reg4_pretrain.pth", arch=dict(img_size=224),
+                                 note="DINOv2 ViT-L/14 with 4 registers, 304M params"),
     },
     "resnet": {
         "resnet34": Pretrained("timm", "resnet34.a1_in1k", "timm/resnet34.a1_in1k",
@@ -67,6 +77,11 @@ PRETRAINED = {
                                note="ResNet-34, timm's A1 recipe on ImageNet-1k: the paper's ResNet row"),
         "resnet34-tv": Pretrained("timm", "resnet34.tv_in1k", "timm/resnet34.tv_in1k",
                                   url_file="resnet34-b627a593.pth", note="ResNet-34, torchvision's original weights"),
+        "resnet50": Pretrained("timm", "resnet50.a1_in1k", "timm/resnet50.a1_in1k",
+                               url_file="resnet50_a1_0-14fe96d1.pth",
+                               note="ResNet-50, timm's A1 recipe on ImageNet-1k, 2048-d last map"),
+        "resnet50-tv": Pretrained("timm", "resnet50.tv_in1k", "timm/resnet50.tv_in1k",
+                                  url_file="resnet50-0676ba61.pth", note="ResNet-50, torchvision's original weights"),
     },
     "text": {
         "siglip-b16": Pretrained("open_clip", "ViT-B-16-SigLIP", "timm/ViT-B-16-SigLIP", tag="webli",

@@ -25,7 +25,7 @@ from bench.metrics import matching
 from bench.progress import Progress
 from bench.study import evaluate as E
 from bench.study.stages import PriorStages, stage_key
-from priors.base import PriorSettings
+from priors.base import NET_KINDS, PriorSettings
 from priors.registry import get_prior
 
 EVALUATE_VERSION = 3  # 3: matching statistics with floors, convergence rule, generator's own LatentNorm
@@ -37,10 +37,14 @@ def _asdict(cfg) -> dict:
 
 
 def _prior_key(settings: PriorSettings) -> dict:
-    """The prior stage's key fields. `feature_size` is hashed under its former name `size`, so run
-    folders written before the rename keep their finished stages."""
+    """The prior stage's key fields. `feature_size` is hashed under its former name `size`, and the
+    pretrained-network choices (dino_net, ...) only when set, so run folders written before the rename
+    and before those settings existed keep their finished stages."""
     d = _asdict(settings)
     d["size"] = d.pop("feature_size")
+    for kind in NET_KINDS:
+        if d[f"{kind}_net"] is None:
+            del d[f"{kind}_net"]
     return d
 
 
