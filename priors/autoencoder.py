@@ -1,7 +1,10 @@
-"""Priors from the suite's own KL-VAE (Table 1 rows VAE-baseline and Difftraj).
+"""Priors from an autoencoder's latents (Table 1 rows VAE-baseline and Difftraj).
 
-No registry ships a pretrained LDM autoencoder (docs/assets.md), so both rows use the KL-VAE of
-bench/features/kl_vae.py, trained here on the train split and cached by content:
+Both rows use the KL-VAE of bench/features/kl_vae.py, trained here on the train split and cached by
+content. The noise row can instead use the paper's LDM autoencoder (SD-VAE, bench/features/ldm.py,
+through the optional package diffusers): with --features pretrained it must, with auto it does when its
+files are found and its latents fit the study's grid (else the KL-VAE, with a "fallback" line in the
+provenance), with local it never does. No registry ships the SD-VAE (docs/assets.md).
 - vae:   its latents (posterior means) over the train set: the baseline without distribution
          matching, whose aggregate posterior is whatever the KL-VAE learned.
 - noise: the same latents, normalised to zero mean and unit variance (scalar mean and std over
@@ -20,17 +23,20 @@ from bench.cache import Cache, content_key
 from bench.core.flow import interpolate
 from bench.data import dataset_fingerprint
 from bench.errors import UserError, unknown
+from bench.features import ldm as L
 from bench.features.kl_vae import KLVAE, KLVAE_PRESETS, train_kl_vae
 from priors.base import Prior, PriorInfo, check
 from priors.registry import register_prior
 
 VAE_VERSION = "2"  # bump when the KL-VAE or its latents change (2: bench/core/conv.py modules, new weight names)
+LDM_LATENTS_VERSION = "1"  # bump when the LDM latents of the train set change (cached under kind "prior")
 
 
 class KLVAEPrior(Prior):
     """Shared: train (or load) the KL-VAE and encode the train split."""
 
     has_image_encoder = True  # the KL-VAE's encoder is the stage-1 reference encoder
+    uses_ldm = False  # may the pretrained LDM autoencoder stand in for the KL-VAE (settings.features)?
 
     def __init__(self, settings, data=None):
         super().__init__(settings, data)
@@ -49,8 +55,49 @@ class KLVAEPrior(Prior):
                                            latent_ch=settings.latent_channels, seed=settings.seed)
         self.cache_hit = False
 
+    def _ldm_folder(self):
+        """(the LDM autoencoder's folder to use or None, the auto fallback line or None)."""
+        s = self.settings
+        if not self.uses_ldm or s.features == "local":
+            return None, None
+        folder = L.resolve_ldm(None, s.weights_dir)
+        if folder is None:
+            if s.features == "pretrained":
+                raise L.missing_ldm(None, s.weights_dir)
+            where = f"--weights-dir {s.weights_dir}" if s.weights_dir else "no --weights-dir"
+            return None, (f"LDM autoencoder ({L.DEFAULT_LDM}) not found ({where}, nor the Hugging Face cache); "
+                          f"used the suite's KL-VAE")
+        r = self.data.train.images.shape[-1]
+        if L.fit_grid(folder, r, s.latent_channels, s.latent_size) is None and s.features == "auto":
+            return None, f"{L.grid_mismatch(folder, r, s.latent_channels, s.latent_size)}; used the suite's KL-VAE"
+        return folder, None  # load_ldm refuses a grid that does not fit, naming the ones that would
+
+    def _build_ldm(self, cache: Cache, fp: str) -> None:
+        """The train set's latents under the LDM autoencoder (cached by weights, data and grid)."""
+        s, device = self.settings, ("cuda" if torch.cuda.is_available() else "cpu")
+        self.vae = L.load_ldm(None, s.weights_dir, self.data.train.images.shape[-1], s.latent_channels,
+                              s.latent_size, device)
+        net = self.vae.provenance
+        key = content_key("prior", self.info.name, "ldm-latents", LDM_LATENTS_VERSION, net["sha256"],
+                          net["config_sha256"], net["pixel_unshuffle"], fp)
+        hit = cache.load("prior", key)
+        self.cache_hit = hit is not None
+        if hit is not None:
+            self.z_train = hit[0]["z"].clone()
+        else:
+            self.z_train = self.encode_images(self.data.train.images)
+            cache.save("prior", key, {"z": self.z_train}, {"prior": self.info.name, "network": net["name"]})
+        self.y_train = self.data.train.labels
+        self.mean, self.std = self.z_train.mean().item(), self.z_train.std().item()
+        self._provenance = {"feature_source": "pretrained", "network": net,
+                            "cache": {"kind": "prior", "key": key},
+                            "latent_mean": self.mean, "latent_std": self.std}
+
     def _build(self, cache: Cache) -> None:
         fp = dataset_fingerprint(self.data)
+        folder, fallback = self._ldm_folder()
+        if folder is not None:
+            return self._build_ldm(cache, fp)
         cfg = dataclasses.asdict(self.vae_cfg)
         net_key = content_key("featnet", "kl_vae", VAE_VERSION, cfg, fp)
         hit = cache.load("featnet", net_key)
@@ -72,6 +119,7 @@ class KLVAEPrior(Prior):
             "network": {"name": "suite KL-VAE (stands in for the paper's LDM autoencoder, which "
                                 "no registry ships)", "config": cfg,
                         "cache": {"kind": "featnet", "key": net_key}, "version": VAE_VERSION},
+            **({"fallback": fallback} if fallback else {}),
             "latent_mean": self.mean, "latent_std": self.std}
 
     @torch.no_grad()
@@ -115,7 +163,9 @@ class VAE(KLVAEPrior):
 
 @register_prior
 class Noise(KLVAEPrior):
-    """Table 1's Difftraj row: autoencoder latents noised to t = 0.5."""
+    """Table 1's Difftraj row: autoencoder latents (the KL-VAE's, or the SD-VAE's) noised to t = 0.5."""
+
+    uses_ldm = True
 
     info = PriorInfo(name="noise", description="KL-VAE latents, normalised, noised to t = 0.5 "
                      "(a point on the diffusion trajectory)", paper_row="Difftraj", version="1",
