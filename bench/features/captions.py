@@ -82,7 +82,8 @@ def _read_csv(path: Path) -> dict[str, str]:
     ccol = next((header.index(c) for c in CAPTION_COLUMNS if c in header), None)
     if fcol is None or ccol is None:
         raise UserError(f"Captions file {path} needs a header row with a file column ({', '.join(FILE_COLUMNS)}) "
-                        f"and a caption column ({', '.join(CAPTION_COLUMNS)}); its first row is {rows[0] if rows else []}.")
+                        f"and a caption column ({', '.join(CAPTION_COLUMNS)}); its first row is "
+                        f"{rows[0] if rows else []}.")
     table, twice = {}, []
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):

@@ -142,19 +142,22 @@ def load_ldm(variant: str | None, weights_dir, resolution: int, channels: int, s
         raise missing_ldm(variant, weights_dir)
     factor = fit_grid(folder, resolution, channels, size)
     if factor is None:
-        raise UserError(f"The noise prior cannot use its LDM autoencoder: {grid_mismatch(folder, resolution, channels, size)}. "
-                        f"Set latent_channels and latent_size to one of those grids, or use --features local.")
+        why = grid_mismatch(folder, resolution, channels, size)
+        raise UserError(f"The noise prior cannot use its LDM autoencoder: {why}. Set latent_channels and "
+                        f"latent_size to one of those grids, or use --features local.")
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:
-        raise UserError(f"The noise prior's LDM autoencoder was found in {folder}, but it loads through the optional "
-                        f"package diffusers, which is not installed ({e}): pip install diffusers (or pip install "
-                        f"'dmvae-bench[ldm]'), or use --features local, which trains the suite's KL-VAE instead.") from e
+        raise UserError(f"The noise prior's LDM autoencoder was found in {folder}, but it loads through the "
+                        f"optional package diffusers, which is not installed ({e}): pip install diffusers (or pip "
+                        f"install 'dmvae-bench[ldm]'), or use --features local, which trains the suite's KL-VAE "
+                        f"instead.") from e
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"The files in {folder} do not load as a diffusers AutoencoderKL ({' '.join(str(e).split())}): "
-                        f"give config.json and diffusion_pytorch_model.safetensors of '{spec.hf_hub_id}'.") from e
+        raise UserError(f"The files in {folder} do not load as a diffusers AutoencoderKL "
+                        f"({' '.join(str(e).split())}): give config.json and diffusion_pytorch_model.safetensors "
+                        f"of '{spec.hf_hub_id}'.") from e
     model = LDMGrid(vae.to(device), factor)
     weights = folder / FILES[1]
     model.provenance = dict(name=spec.name, hf_hub_id=spec.hf_hub_id, note=spec.note, folder=str(folder),

@@ -1,4 +1,4 @@
-"""The paper's feature networks (DINOv2 ViT-S/L, with or without registers; ResNet-34/50; SigLIP text), from local files.
+"""The paper's feature networks (DINOv2 ViT-S/L with or without registers, ResNet-34/50, SigLIP text), from files.
 
 Nothing here downloads unless asked (`allow_download=True`, and never with HF_HUB_OFFLINE=1).
 `resolve_weights` looks, in order, for:
