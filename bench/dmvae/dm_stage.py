@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
+from bench.compute import Compute, ComputeConfig
 from bench.config import SettingError, require
 from bench.core.dm import dm_loss
 from bench.core.flow import TimeSampler, flow_matching_loss
@@ -100,12 +101,14 @@ def encode(encoder: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.
 
 def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Module, norm: LatentNorm,
                 cfg: DMVAEConfig, start: Start, probe=None, checkpoint: str | None = None,
-                checkpoint_every: int = 0) -> tuple[nn.Module, nn.Module, nn.Module, dict]:
+                checkpoint_every: int = 0, compute: ComputeConfig | None = None
+                ) -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     """The DM stage on train images (N, c, R, R) in [-1, 1] with labels (N,), from `start`.
 
     `probe` = (held-out images, Matcher on p_r draws in normalised space) gives the curve.
     Returns the EMA encoder and decoder (eval), S_fake, and a history dict (losses, curve, settings,
-    throughput). `checkpoint` (a path stem) makes the loop resumable (loop.py).
+    throughput). `checkpoint` (a path stem) makes the loop resumable (loop.py); `compute` the GPU
+    settings (bench/compute.py: autocast covers the encoder, decoder, both score nets and the losses).
     """
     if (s_real.in_channels, s_real.input_size, s_real.input_size) != tuple(prior.latent_shape):
         raise ValueError(f"S_real works on latents {(s_real.in_channels, s_real.input_size)} but the prior's "
@@ -116,11 +119,13 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # batches only: the same on every rank
     device = D.device()
+    cx = Compute(compute, "dmvae", device)
     tok = TokenizerUpdate(start.encoder, start.decoder, images.shape[1], cfg.tokenizer, cfg.lr, cfg.ema_decay,
-                          cfg.grad_clip, device, "DM")
+                          cfg.grad_clip, device, "DM", compute=cx)
     s_real = s_real.to(device).eval().requires_grad_(False)
     s_fake = copy.deepcopy(s_real).train().requires_grad_(True)  # S_fake starts AS S_real
-    opt_f = torch.optim.AdamW(s_fake.parameters(), lr=cfg.fake_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt_f = cx.adamw(s_fake.parameters(), lr=cfg.fake_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    compiled, meter = (cx.compile(s_real), cx.compile(s_fake)), cx.meter()
     dm_times, fm_times = TimeSampler(cfg.t0, cfg.t1), TimeSampler()  # S_fake learns q(z) at every noise level
     modules, optimizers = {**tok.modules(), "s_fake": s_fake}, {**tok.optimizers(), "opt_f": opt_f}
 
@@ -136,52 +141,60 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
 
     if first == 0:
         probe_now(0)
-    t0 = time.time()
-    for it in range(first, cfg.steps):
-        idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
-        x, y = images[idx].to(device), labels[idx].to(device)
-        logs = {}
+    def kind(it: int) -> str:  # the FLOP meter counts one iteration of each kind
+        if it % cfg.dm_every:
+            return "S_fake only"
+        return "tokenizer turn + D" if tok.recon.gan_active(it) else "tokenizer turn"
 
-        # ---- 1. the tokenizer turn, every k-th iteration: L_rec + lambda_DM * loss_DM, then D
-        if it % cfg.dm_every == 0:
-            z = tok.enc(x)  # (B, C, h, w), with grad
-            z_n = norm.apply(z)
-            loss_dm = dm_loss(s_real, s_fake, z_n, y, dm_times, cfg.dm_cfg, generator=noise)
-            check_finite(loss_dm, it, "DM stage: DM loss")
-            logs["dm"] = loss_dm.item()
-            tok.step(x, z, cfg.dm_weight * loss_dm, it, warmup_lr(it, cfg.lr, cfg.warmup), noise, logs)
-            z_n = z_n.detach()
-        else:
-            with torch.no_grad():
-                z_n = norm.apply(tok.enc(x))
+    with cx.session():
+        t0 = time.time()
+        for it in range(first, cfg.steps):
+            idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
+            x, y = cx.fetch(images, idx), cx.fetch(labels, idx)
+            logs = {}
+            real, fake = (s_real, s_fake) if meter.counting(kind(it)) else compiled  # counted: eager
+            with meter.step(kind(it)):
+                # ---- 1. the tokenizer turn, every k-th iteration: L_rec + lambda_DM * loss_DM, then D
+                if it % cfg.dm_every == 0:
+                    with cx.autocast():
+                        z = tok.enc(x).float()  # (B, C, h, w), with grad
+                        z_n = norm.apply(z)
+                        loss_dm = dm_loss(real, fake, z_n, y, dm_times, cfg.dm_cfg, generator=noise)
+                    check_finite(loss_dm, it, "DM stage: DM loss")
+                    logs["dm"] = loss_dm.item()
+                    tok.step(x, z, cfg.dm_weight * loss_dm, it, warmup_lr(it, cfg.lr, cfg.warmup), noise, logs)
+                    z_n = z_n.detach()
+                else:
+                    with torch.no_grad(), cx.autocast():
+                        z_n = norm.apply(tok.enc(x).float())
 
-        # ---- 2. S_fake: flow matching on the current latents sg(z_n), every iteration
-        loss_f = flow_matching_loss(s_fake, z_n, y, fm_times, cfg.label_dropout, noise)
-        check_finite(loss_f, it, "DM stage: S_fake flow-matching loss")
-        for grp in opt_f.param_groups:
-            grp["lr"] = warmup_lr(it, cfg.fake_lr, cfg.warmup)
-        opt_f.zero_grad(set_to_none=True)
-        loss_f.backward()
-        average_gradients(s_fake.parameters())
-        nn.utils.clip_grad_norm_(s_fake.parameters(), cfg.grad_clip)
-        opt_f.step()
-        logs["fake"] = loss_f.item()
+                # ---- 2. S_fake: flow matching on the current latents sg(z_n), every iteration
+                with cx.autocast():
+                    loss_f = flow_matching_loss(fake, z_n, y, fm_times, cfg.label_dropout, noise)
+                check_finite(loss_f, it, "DM stage: S_fake flow-matching loss")
+                for grp in opt_f.param_groups:
+                    grp["lr"] = warmup_lr(it, cfg.fake_lr, cfg.warmup)
+                opt_f.zero_grad(set_to_none=True)
+                loss_f.backward()
+                average_gradients(s_fake.parameters())
+                nn.utils.clip_grad_norm_(s_fake.parameters(), cfg.grad_clip)
+                opt_f.step()
+            logs["fake"] = loss_f.item()
 
-        # ---- log, probe, checkpoint
-        for k, v in logs.items():
-            window[k].append(v)
-        done = it + 1
-        if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
-            rows.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()},
-                         "seconds": round(time.time() - t0, 2)})
-            window.clear()
-        if cfg.probe_every and (done % cfg.probe_every == 0 or done == cfg.steps):
-            probe_now(done)
-        log_progress("DM stage", it, cfg.steps, loss_f.item(), t0, cfg.log_every if D.rank() == 0 else 0)
-        resume.maybe_save(done, cfg.steps, modules, optimizers, g,
-                          {"rows": rows, "window": dict(window), "curve": curve}, noise)
-
-    seconds = time.time() - t0
+            # ---- log, probe, checkpoint
+            for k, v in logs.items():
+                window[k].append(v)
+            done = it + 1
+            if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+                rows.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()},
+                             "seconds": round(time.time() - t0, 2)})
+                window.clear()
+            if cfg.probe_every and (done % cfg.probe_every == 0 or done == cfg.steps):
+                probe_now(done)
+            log_progress("DM stage", it, cfg.steps, loss_f.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+            resume.maybe_save(done, cfg.steps, modules, optimizers, g,
+                              {"rows": rows, "window": dict(window), "curve": curve}, noise)
+        seconds = time.time() - t0
     enc, dec = tok.finished()
     terms = tok.recon.loss_terms()
     # did it actually run: D steps only on tokenizer turns at or after gan_start
@@ -195,5 +208,6 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
                                "dm_cfg": cfg.dm_cfg, "t_range": [cfg.t0, cfg.t1],
                                "schedule": "tokenizer (L_rec + lambda_DM loss_DM) and D every k-th iteration, "
                                            "S_fake every iteration; linear lr warmup then constant"},
-               "norm": norm.to_dict()}
+               "norm": norm.to_dict(),
+               "compute": cx.record(meter, (cfg.steps - first) * cfg.batch, seconds, D.world_size())}
     return enc, dec, s_fake.eval(), history

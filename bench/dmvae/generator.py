@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
+from bench.compute import Compute, ComputeConfig
 from bench.config import SettingError, require
 from bench.core.dit import DIT_SIZES, POSITIONS, build_dit
 from bench.core.ema import make_ema
@@ -96,44 +97,52 @@ def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:
 
 
 def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
-                    checkpoint: str | None = None, checkpoint_every: int = 0) -> tuple[nn.Module, list[dict], dict]:
+                    checkpoint: str | None = None, checkpoint_every: int = 0,
+                    compute: ComputeConfig | None = None) -> tuple[nn.Module, list[dict], dict]:
     """Flow matching on normalised latents (N, C, h, w) with labels (N,).
 
     Returns the final EMA model (eval), the checkpoints [{fraction, step, epoch, state_dict}]
     (EMA weights, CPU tensors) and a history {losses, seconds, img_per_s, config}. `checkpoint`
-    (a path stem) makes the loop resumable (loop.py).
+    (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
+    The latents are encoded once before this (cached; see bench/study/pipeline.py), not per batch.
     """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
+    cx = Compute(compute, "generator", device)
     net = build_dit(cfg.net, tuple(latents.shape[1:]), num_classes, cfg.patch, cfg.pos).to(device)
     ema = make_ema(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = cx.adamw(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    fwd, meter = cx.compile(net), cx.meter()
     times, keep = TimeSampler(), set(checkpoint_steps(cfg))
     noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
     checkpoints, rows, window = extra.get("checkpoints", []), extra.get("rows", []), extra.get("window", [])
-    t0 = time.time()
-    for step in range(first, cfg.steps):
-        idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
-        loss = flow_matching_step(net, ema, opt, latents[idx].to(device), labels[idx].to(device), times, cfg, step,
-                                  noise, "generator stage")
-        window.append(loss)
-        done = step + 1
-        if done in keep:
-            checkpoints.append({"fraction": done / cfg.steps, "step": done,
-                                "epoch": done * cfg.batch / len(latents),
-                                "state_dict": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}})
-        if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
-            rows.append({"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)})
-            window = []
-        log_progress("generator", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
-        resume.maybe_save(done, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g,
-                          {"checkpoints": checkpoints, "rows": rows, "window": window}, noise)
-    seconds = time.time() - t0
+    with cx.session():
+        t0 = time.time()
+        for step in range(first, cfg.steps):
+            idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
+            model = net if meter.counting() else fwd  # the counted step runs eagerly
+            with meter.step():
+                loss = flow_matching_step(net, ema, opt, cx.fetch(latents, idx), cx.fetch(labels, idx), times, cfg,
+                                          step, noise, "generator stage", model=model, autocast=cx.autocast)
+            window.append(loss)
+            done = step + 1
+            if done in keep:
+                checkpoints.append({"fraction": done / cfg.steps, "step": done,
+                                    "epoch": done * cfg.batch / len(latents),
+                                    "state_dict": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}})
+            if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+                rows.append({"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)})
+                window = []
+            log_progress("generator", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
+            resume.maybe_save(done, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g,
+                              {"checkpoints": checkpoints, "rows": rows, "window": window}, noise)
+        seconds = time.time() - t0
     history = {"losses": rows, "seconds": seconds, "img_per_s": (cfg.steps - first) * cfg.batch / max(seconds, 1e-9),
-               "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(latents), "resumed_from": first}
+               "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(latents), "resumed_from": first,
+               "compute": cx.record(meter, (cfg.steps - first) * cfg.batch, seconds, D.world_size())}
     return ema.eval().requires_grad_(False), checkpoints, history
 
 

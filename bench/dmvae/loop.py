@@ -16,6 +16,7 @@ depend on the world size (up to float summation order). In a single process all 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -56,11 +57,14 @@ def average_gradients(params) -> None:
 
 
 def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, times: TimeSampler,
-                       cfg, step: int, noise: BatchNoise, where: str) -> float:
+                       cfg, step: int, noise: BatchNoise, where: str, model=None, autocast=None) -> float:
     """One data-parallel flow-matching update of `net` and its EMA (the teacher's and the
     generator's step): cosine lr, averaged and clipped gradients. `cfg` needs steps, lr, warmup,
-    label_dropout, grad_clip and ema_decay. Returns the loss; a non-finite one raises."""
-    loss = flow_matching_loss(net, x, y, times, cfg.label_dropout, noise)
+    label_dropout, grad_clip and ema_decay. `model` (default `net`) is what the loss calls, e.g. the
+    compiled net; `autocast` a context factory for the forward (bench/compute.py). Returns the loss;
+    a non-finite one raises."""
+    with (autocast or contextlib.nullcontext)():
+        loss = flow_matching_loss(model if model is not None else net, x, y, times, cfg.label_dropout, noise)
     check_finite(loss, step, f"{where}: flow-matching loss")
     for grp in opt.param_groups:
         grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import distributed as D
+from bench.compute import Compute, ComputeConfig
 from bench.config import require
 from bench.core.conv import Decoder, Encoder
 from bench.dmvae.autoencoder import TokenizerConfig, build_tokenizer
@@ -83,11 +84,14 @@ def resolve_start(requested: str, prior) -> str:
 
 
 def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int], cfg: PretrainConfig,
-                         tokenizer: TokenizerConfig, reference=None) -> Start:
-    """The plain-AE start; with `reference` (images -> reference latents (N, C, h, w)) the reference-ae start."""
+                         tokenizer: TokenizerConfig, reference=None, compute: ComputeConfig | None = None) -> Start:
+    """The plain-AE start; with `reference` (images -> reference latents (N, C, h, w)) the reference-ae start.
+
+    `compute`: the GPU settings (bench/compute.py)."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
+    cx = Compute(compute, "start", device)
     pool, target = torch.arange(len(images)), None
     if reference is not None:  # the reference encoder's latents of a fixed subset, computed once
         pool = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + 7))[:cfg.distill_images]
@@ -95,32 +99,38 @@ def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int
             target = reference(images[pool]).float().cpu()  # (n, C, h, w)
     enc, dec = (m.to(device) for m in build_tokenizer(tuple(images.shape[1:]), latent_shape, tokenizer))
     params = [*enc.parameters(), *dec.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    t0, logs = time.time(), {}
-    for step in range(cfg.steps):
-        pick = shard_batch(torch.randint(len(pool), (cfg.batch,), generator=g))  # same global batch on all ranks
-        x = images[pool[pick]].to(device)
-        z = enc(x)
-        rec = dec(z)
-        loss = (rec - x).abs().mean() + tokenizer.l2_weight * (rec - x).pow(2).mean()
-        logs["rec"] = loss.item()
-        if target is not None:
-            distill = F.mse_loss(z, target[pick].to(device))
-            loss = loss + cfg.distill_weight * distill
-            logs["distill_mse"] = distill.item()
-        check_finite(loss, step, "encoder start: loss")
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, min(50, cfg.steps // 10 + 1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(params)
-        nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        log_progress("encoder start", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
-    seconds = time.time() - t0
+    opt = cx.adamw(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    logs, meter = {}, cx.meter()
+    with cx.session():
+        t0 = time.time()
+        for step in range(cfg.steps):
+            pick = shard_batch(torch.randint(len(pool), (cfg.batch,), generator=g))  # same global batch on all ranks
+            x = cx.fetch(images, pool[pick])
+            with meter.step():
+                with cx.autocast():
+                    z = enc(x)
+                    rec = dec(z)
+                    loss = (rec - x).abs().mean() + tokenizer.l2_weight * (rec - x).pow(2).mean()
+                    if target is not None:
+                        distill = F.mse_loss(z, cx.fetch(target, pick))
+                logs["rec"] = loss.item()
+                if target is not None:
+                    loss = loss + cfg.distill_weight * distill
+                    logs["distill_mse"] = distill.item()
+                check_finite(loss, step, "encoder start: loss")
+                for grp in opt.param_groups:
+                    grp["lr"] = cosine_lr(step, cfg.steps, cfg.lr, min(50, cfg.steps // 10 + 1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                average_gradients(params)
+                nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+            log_progress("encoder start", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+        seconds = time.time() - t0
     record = {"kind": "reference-ae" if reference is not None else "plain-ae", "config": asdict(cfg),
               "loss_terms": {"l1": True, "l2": tokenizer.l2_weight > 0, "gan": False, "distill": reference is not None},
-              "final": logs, "seconds": seconds, "img_per_s": cfg.steps * cfg.batch / max(seconds, 1e-9)}
+              "final": logs, "seconds": seconds, "img_per_s": cfg.steps * cfg.batch / max(seconds, 1e-9),
+              "compute": cx.record(meter, cfg.steps * cfg.batch, seconds, D.world_size())}
     if reference is not None:
         record["distilled_from"] = "the prior's stage-1 reference encoder (feature net + projector, or autoencoder)"
     return Start(enc.eval(), dec.eval(), record)

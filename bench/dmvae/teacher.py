@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from bench import distributed as D
+from bench.compute import Compute, ComputeConfig
 from bench.config import require
 from bench.core.dit import DIT_SIZES, POSITIONS, build_dit
 from bench.core.ema import make_ema
@@ -70,35 +71,43 @@ TEACHER_PRESETS = {
 
 
 def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoint: str | None = None,
-                  checkpoint_every: int = 0) -> tuple[nn.Module, LatentNorm]:
+                  checkpoint_every: int = 0, compute: ComputeConfig | None = None) -> tuple[nn.Module, LatentNorm]:
     """S_real (the frozen EMA net, eval mode) trained on normalised prior samples, and the LatentNorm.
 
     `stats`, when given, is filled with the final loss, timings and img/s; `checkpoint` (a path
-    stem) makes the loop resumable (loop.py).
+    stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
     """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
+    cx = Compute(compute, "teacher", device)
     norm = measure_norm(prior.sample(cfg.norm_samples, g)[0], f"prior '{prior.info.name}' samples")
     net = build_dit(cfg.net, prior.latent_shape, prior.num_classes, cfg.patch, cfg.pos).to(device)
     ema = make_ema(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = cx.adamw(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    fwd, meter = cx.compile(net), cx.meter()
     times = TimeSampler()
     noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
-    losses, t0 = extra.get("losses", []), time.time()
-    for step in range(first, cfg.steps):
-        z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
-        loss = flow_matching_step(net, ema, opt, norm.apply(z).to(device), y.to(device), times, cfg, step, noise,
-                                  "teacher (S_real) stage")
-        losses.append(loss)
-        log_progress("teacher", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
-        resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses}, noise)
-    seconds = time.time() - t0
+    losses = extra.get("losses", [])
+    with cx.session():
+        t0 = time.time()
+        for step in range(first, cfg.steps):
+            z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
+            model = net if meter.counting() else fwd  # the counted step runs eagerly
+            with meter.step():
+                loss = flow_matching_step(net, ema, opt, norm.apply(z).to(device), y.to(device), times, cfg, step,
+                                          noise, "teacher (S_real) stage", model=model, autocast=cx.autocast)
+            losses.append(loss)
+            log_progress("teacher", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
+            resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses},
+                              noise)
+        seconds = time.time() - t0
     if stats is not None:
         tail = losses[-max(1, len(losses) // 10):]  # the last 10% of steps
         stats.update(config=asdict(cfg), final_loss=sum(tail) / max(1, len(tail)), seconds=seconds,
                      img_per_s=(cfg.steps - first) * cfg.batch / max(seconds, 1e-9), norm=norm.to_dict(),
-                     resumed_from=first)
+                     resumed_from=first,
+                     compute=cx.record(meter, (cfg.steps - first) * cfg.batch, seconds, D.world_size()))
     return ema.eval().requires_grad_(False), norm

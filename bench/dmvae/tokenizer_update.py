@@ -12,6 +12,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from bench.compute import Compute
 from bench.core.ema import ema_update, make_ema
 from bench.core.conv import Decoder, Encoder
 from bench.dmvae.autoencoder import ReconstructionLoss, TokenizerConfig
@@ -23,14 +24,15 @@ class TokenizerUpdate:
     """Trainable copies of a start (encoder, decoder), their EMA, the PatchGAN and both optimisers."""
 
     def __init__(self, encoder: Encoder, decoder: Decoder, image_channels: int, tok: TokenizerConfig,
-                 lr: float, ema_decay: float, grad_clip: float, device, stage: str):
+                 lr: float, ema_decay: float, grad_clip: float, device, stage: str, compute: Compute | None = None):
         # copies: the caller's (cached) start stays as it was, ready for the next prior
         self.enc, self.dec = (copy.deepcopy(m).to(device).train() for m in (encoder, decoder))
         self.ema_enc, self.ema_dec = make_ema(self.enc), make_ema(self.dec)
         self.recon = ReconstructionLoss(image_channels, tok).to(device)
         self.params = [*self.enc.parameters(), *self.dec.parameters()]
-        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-        self.opt_d = (torch.optim.AdamW(self.recon.disc.parameters(), lr=tok.disc_lr, betas=(0.5, 0.9),
+        self.compute = compute or Compute(None, stage, device)  # bench/compute.py: autocast, fused AdamW
+        self.opt = self.compute.adamw(self.params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.opt_d = (self.compute.adamw(self.recon.disc.parameters(), lr=tok.disc_lr, betas=(0.5, 0.9),
                                         weight_decay=0.0) if self.recon.disc is not None else None)  # LDM's D betas
         self.ema_decay, self.grad_clip, self.stage = ema_decay, grad_clip, stage
 
@@ -47,8 +49,9 @@ class TokenizerUpdate:
 
         `z` is E(x) with its graph; `gan_step` is the step the GAN's start is compared with.
         """
-        rec = self.dec(z)
-        loss, parts = self.recon.generator_loss(x, rec, self.dec.last_layer, gan_step, noise)
+        with self.compute.autocast():
+            rec = self.dec(z)
+            loss, parts = self.recon.generator_loss(x, rec, self.dec.last_layer, gan_step, noise)
         logs.update(parts, rec=loss.item())
         check_finite(loss, gan_step, f"{self.stage} stage: reconstruction loss")
         if regulariser is not None:
@@ -64,7 +67,8 @@ class TokenizerUpdate:
         ema_update(self.ema_enc, self.enc, self.ema_decay)
         ema_update(self.ema_dec, self.dec, self.ema_decay)
         if self.recon.gan_active(gan_step):  # hinge loss of D on augmented real vs sg(reconstruction)
-            loss_d = self.recon.discriminator_loss(x, rec, noise)
+            with self.compute.autocast():
+                loss_d = self.recon.discriminator_loss(x, rec, noise)
             check_finite(loss_d, gan_step, f"{self.stage} stage: discriminator loss")
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()

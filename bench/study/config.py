@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEACHER_PRESETS, DMVAEConfig,
                          GeneratorConfig, PretrainConfig, TeacherConfig)
 
+from bench.compute import ComputeConfig
 from bench.config import SettingError, require
 from bench.data import DATASETS
 from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
@@ -93,6 +94,8 @@ class StudyConfig:
     dmvae: DMVAEConfig = field(default_factory=DMVAEConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # GPU settings, applied on CUDA only
+                                       # (bench/compute.py); they enter a stage's key only where applied
 
     def __post_init__(self):
         require(self, positive=("resolution", "latent_channels", "latent_size", "checkpoint_every"),
@@ -123,16 +126,19 @@ def _stages(name: str, pretrain: str | None = None) -> dict:
                 dmvae=DMVAE_PRESETS[name], generator=GENERATOR_PRESETS[name])
 
 
+# bf16 autocast, TF32 and fused AdamW, as peers train on accelerators (compile stays opt-in: --set compute.compile=true)
+GPU_COMPUTE = ComputeConfig(precision="bf16", tf32=True, fused_adamw=True)
+
 STUDY_PRESETS = {
     "smoke": dict(limit=200, feature_size="smoke", checkpoint_every=10, **_stages("smoke"),
                   eval=EvalConfig(ref_n=32, gfid_n=32, convergence_n=32, sample_steps=10, structure_n=200,
                                   tsne_per_class=10, match_n=64)),
     "cpu": dict(**_stages("cpu"), eval=EvalConfig()),
-    "gpu": dict(feature_size="gpu", checkpoint_every=1000, **_stages("gpu"),
+    "gpu": dict(feature_size="gpu", checkpoint_every=1000, **_stages("gpu"), compute=GPU_COMPUTE,
                 eval=EvalConfig(ref_n=10_000, gfid_n=5000, seeds=(0, 1, 2), convergence_n=5000, sample_steps=50,
                                 structure_n=5000, match_n=5000, batch=250)),
     "paper": dict(dataset="imagefolder", resolution=256, latent_channels=32, latent_size=16, features="pretrained",
-                  feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"),
+                  feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"), compute=GPU_COMPUTE,
                   eval=EvalConfig(ref_n=50_000, gfid_n=5000, convergence_n=5000, sample_steps=50, structure_n=5000,
                                   batch=250)),
 }

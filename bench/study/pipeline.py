@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from bench import distributed as D
+from bench.compute import TRAINING_STAGES, Compute
 from bench.core.dit import build_dit
 from bench.core.flow import sample_ode
 from bench.dmvae import (Start, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
@@ -46,6 +47,16 @@ def _prior_key(settings: PriorSettings) -> dict:
         if d[f"{kind}_net"] is None:
             del d[f"{kind}_net"]
     return d
+
+
+def _compute_keys(c) -> dict:
+    """Per training stage, the extra stage-key part of the applied compute settings: () when none apply,
+    so a CPU run (and a GPU run at fp32 without TF32, fused AdamW or compile) keeps its earlier keys."""
+    out = {}
+    for stage in TRAINING_STAGES:
+        key = Compute(c.compute, stage, D.device()).key()
+        out[stage] = () if key is None else ({"compute": key},)
+    return out
 
 
 def n_params(*modules: torch.nn.Module) -> int:
@@ -79,7 +90,8 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
     # 2. S_real: flow matching on p_r's draws (docs/method.md 3.2), and p_r's LatentNorm.
     def train_s_real(resume):
         stats = {}
-        net, norm = train_teacher(prior(), c.teacher, stats, checkpoint=resume, checkpoint_every=every)
+        net, norm = train_teacher(prior(), c.teacher, stats, checkpoint=resume, checkpoint_every=every,
+                                  compute=c.compute)
         return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
     teacher = stages.lazy("teacher", train_s_real, lambda state, record: (
         _dit(c.teacher, state["net"], run.latent_shape, data.num_classes), LatentNorm.from_dict(record["norm"])))
@@ -88,7 +100,7 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
     def train_start(_resume):
         reference = prior().reference_latents if run.start_kind == "reference-ae" else None
         s = pretrain_autoencoder(data.train.images, run.latent_shape, c.pretrain, c.dmvae.tokenizer,
-                                 reference=reference)
+                                 reference=reference, compute=c.compute)
         return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
                 {"start": {**s.record, "requested": c.start}})
     start = stages.lazy("start", train_start,
@@ -107,7 +119,7 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
             z_ref, _ = prior().sample(c.dmvae.probe_n, torch.Generator().manual_seed(c.seed + 11))
             probe = (x_probe, matching.Matcher(norm.apply(z_ref), seed=c.seed))
             enc, dec, _, hist = train_dmvae(images, labels, prior(), s_real, norm, c.dmvae, start(), probe=probe,
-                                            checkpoint=resume, checkpoint_every=every)
+                                            checkpoint=resume, checkpoint_every=every, compute=c.compute)
         return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
                 {"history": hist, "norm": norm.to_dict(), "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
     tokenizer = stages.lazy("dmvae", train_tokenizer, lambda state, record: (
@@ -121,7 +133,7 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
         latents = norm.apply(raw)
         E.finite_or_raise(float(latents.abs().max()), "generator training latents")
         model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c.generator,
-                                           checkpoint=resume, checkpoint_every=every)
+                                           checkpoint=resume, checkpoint_every=every, compute=c.compute)
         return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
                 {"history": hist, "params": n_params(model), "norm": norm.to_dict(),
                  "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
@@ -164,19 +176,20 @@ class PriorRun:
         data_fp, images = ctx.data_fp, list(ctx.data.train.images.shape[1:])
         self.image_shape = tuple(images)
         self.start_kind = self.start_owner = None  # the vae row has no encoder start
+        cx = _compute_keys(c)  # applied GPU settings that change numbers; nothing on a CPU (bench/compute.py)
         k = {"prior": stage_key("prior", name, self.cls.info.version, _prior_key(self.settings), data_fp)}
         if not self.baseline:
-            k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher))
+            k["teacher"] = stage_key("teacher", k["prior"], _asdict(c.teacher), *cx["teacher"])
             self.start_kind = resolve_start(c.start, self.cls)
             shared = self.start_kind == "plain-ae"  # the plain AE does not depend on the prior: one for all rows
             k["start"] = stage_key("start", self.start_kind, _asdict(c.pretrain), _asdict(c.dmvae.tokenizer),
-                                   self.latent_shape, images, data_fp, None if shared else k["prior"])
+                                   self.latent_shape, images, data_fp, None if shared else k["prior"], *cx["start"])
             self.start_owner = "_shared" if shared else name
-            k["dmvae"] = stage_key("dmvae", k["teacher"], k["start"], _asdict(c.dmvae))
+            k["dmvae"] = stage_key("dmvae", k["teacher"], k["start"], _asdict(c.dmvae), *cx["dmvae"])
         else:
             k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), _asdict(c.pretrain), self.latent_shape, images,
                                    data_fp)
-        k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator))
+        k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator), *cx["generator"])
         k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
                                   EVALUATE_VERSION)
         self.keys = k
@@ -203,6 +216,16 @@ class PriorRun:
             hist = r.get("history") or r.get("start") or r
             if isinstance(hist, dict) and hist.get("img_per_s") is not None:
                 out[stage] = hist["img_per_s"]
+        return out
+
+    def compute(self) -> dict:
+        """Each training stage's compute record (settings applied or why not, FLOPs/image, MFU, peak memory)."""
+        out = {}
+        for stage in ("teacher", "start", "dmvae", "generator"):
+            r = self.record(stage) if stage in self.keys else {}
+            hist = r.get("history") or r.get("start") or r
+            if isinstance(hist, dict) and hist.get("compute") is not None:
+                out[stage] = hist["compute"]
         return out
 
     def models(self) -> dict:

@@ -174,7 +174,8 @@ def run_study(cfg: StudyConfig, priors: list[str], out: Path, force: tuple[str, 
                 results["meta"]["provenance"][name] = prov
                 results["meta"]["feature_source"][name] = prov.get("feature_source", "analytic")
                 entry["per_training_seed"][str(s)] = {**_prior_entry(run, record), "timings": run.timings(),
-                                                      "throughput_img_per_s": run.throughput(), "models": run.models()}
+                                                      "throughput_img_per_s": run.throughput(), "models": run.models(),
+                                                      "compute": run.compute()}
             except Exception as e:  # one prior's (or seed's) failure must not lose the others
                 if isinstance(e, OSError) and written_under(e, out, store_root or out):
                     raise  # the output folder failed, not the prior: bench/cli.py says what was kept
