@@ -22,6 +22,7 @@ def test_noise_prior_has_the_variance_of_t_half(tmp_path, data):
     assert p.provenance()["noise_t"] == 0.5
 
 
+@pytest.mark.slow
 def test_vae_net_is_cached_and_shared_by_noise(tmp_path, data):
     cache = Cache(tmp_path)
     first = get_prior("vae")(SMOKE, data).build(cache)

@@ -141,6 +141,7 @@ def test_loss_terms_record():
     assert LPIPS_STATUS.startswith("unavailable")
 
 
+@pytest.mark.slow
 def test_reference_ae_start_distils_the_reference_encoder(data):
     """With a reference encoder (images -> latents) the start is "reference-ae": its encoder lands near
     the reference latents, the plain AE's does not (both trained alike, same seed)."""

