@@ -208,25 +208,23 @@ class PriorRun:
         """Seconds each finished stage took when it was computed (its own time, from the stage records)."""
         return {s: r["seconds"] for s in self.keys if (r := self.record(s)).get("seconds") is not None}
 
-    def throughput(self) -> dict:
-        """Training images (or prior draws) per second of each training stage, as measured."""
+    def _from_training_stages(self, key: str) -> dict:
+        """`key` of each training stage's loop history (the encoder start keeps its own under "start")."""
         out = {}
         for stage in ("teacher", "start", "dmvae", "generator"):
             r = self.record(stage) if stage in self.keys else {}
             hist = r.get("history") or r.get("start") or r
-            if isinstance(hist, dict) and hist.get("img_per_s") is not None:
-                out[stage] = hist["img_per_s"]
+            if isinstance(hist, dict) and hist.get(key) is not None:
+                out[stage] = hist[key]
         return out
+
+    def throughput(self) -> dict:
+        """Training images (or prior draws) per second of each training stage, as measured."""
+        return self._from_training_stages("img_per_s")
 
     def compute(self) -> dict:
         """Each training stage's compute record (settings applied or why not, FLOPs/image, MFU, peak memory)."""
-        out = {}
-        for stage in ("teacher", "start", "dmvae", "generator"):
-            r = self.record(stage) if stage in self.keys else {}
-            hist = r.get("history") or r.get("start") or r
-            if isinstance(hist, dict) and hist.get("compute") is not None:
-                out[stage] = hist["compute"]
-        return out
+        return self._from_training_stages("compute")
 
     def models(self) -> dict:
         """Sizes of the nets this prior trained (parameter counts from the stage records)."""
