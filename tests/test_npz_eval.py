@@ -162,12 +162,8 @@ def test_frechet_distance_to_stored_stats_is_exact_for_few_samples():
 # --- scoring against torch-fidelity ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def scored(tmp_path_factory, inception_torchscript):
     """Two synthetic batches scored once through the CLI, with a synthetic-classifier weights file."""
-    try:
-        I.torchscript_path()
-    except UserError as e:
-        pytest.skip(str(e))
     d = tmp_path_factory.mktemp("npz")
     cache = Cache(d / "cache")
     samples, ref = blobs(N, 1, (0.2, 0.0, -0.1)), blobs(N, 2, (0.0, 0.0, 0.0))

@@ -151,9 +151,9 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
         for it in range(first, cfg.steps):
             idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
             x, y = cx.fetch(images, idx), cx.fetch(labels, idx)
-            logs = {}
-            real, fake = (s_real, s_fake) if meter.counting(kind(it)) else compiled  # counted: eager
-            with meter.step(kind(it)):
+            logs, step_kind = {}, kind(it)
+            real, fake = (s_real, s_fake) if meter.counting(step_kind) else compiled  # counted: eager
+            with meter.step(step_kind):
                 # ---- 1. the tokenizer turn, every k-th iteration: L_rec + lambda_DM * loss_DM, then D
                 if it % cfg.dm_every == 0:
                     with cx.autocast():
