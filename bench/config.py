@@ -130,9 +130,48 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def added_later(default, since: str):
+    """A setting added after run folders existed, whose `default` reproduces the behaviour from before
+    it existed (`since`: the change that added it). While at that default it is left out of the
+    config hash, the stage keys (keyed_dict) and the comparison of merged runs (results.json
+    meta.config_neutral), so finished stages and earlier runs stay valid and pool; set to anything
+    else, it counts like every other setting. Only immutable defaults (numbers, strings, tuples)."""
+    return dataclasses.field(default=default, metadata={"added_later": since})
+
+
+def neutral_keys(cfg, prefix: str = "") -> list[str]:
+    """Dotted names of the added_later settings of cfg (recursively) that are at their neutral default."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += neutral_keys(value, f"{prefix}{f.name}.")
+        elif "added_later" in f.metadata and value == f.default:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def drop_keys(d: dict, dotted: list[str]) -> dict:
+    """A copy of a nested dict without the given dotted keys."""
+    out = json.loads(json.dumps(d, default=str))
+    for key in dotted:
+        *path, last = key.split(".")
+        node = out
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def keyed_dict(cfg) -> dict:
+    """The config as it enters hashes and stage keys: to_dict without the neutral added_later settings."""
+    return drop_keys(to_dict(cfg), neutral_keys(cfg))
+
+
 def config_hash(cfg) -> str:
-    """A short content hash of the resolved config (sorted-key JSON)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    """A short content hash of the resolved config (sorted-key JSON, neutral added_later settings left out)."""
+    blob = json.dumps(keyed_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

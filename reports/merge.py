@@ -23,6 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
+from bench.config import drop_keys
 from bench.errors import UserError
 from bench.io import atomic_write_json
 from bench.study.aggregate import finish_prior
@@ -53,6 +54,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 # Settings that say which rows a run computed, not how: runs that differ only in these pool.
 ROW_KEYS = ("training_seeds", "priors")
+
+
+def _compared(meta: dict) -> dict:
+    """The config as merged runs compare it: without the settings a later version added that are at
+    their neutral default (meta.config_neutral, bench/config.py added_later), so a run written before
+    a setting existed pools with one written after, as long as the setting is left at that default."""
+    return drop_keys(meta["config"], meta.get("config_neutral") or [])
 
 
 def _group_key(config: dict) -> str:
@@ -104,13 +112,13 @@ def merge_runs(dirs: list[Path]) -> tuple[dict, dict[str, tuple[Path, dict]]]:
     _check_comparable(runs)
     configs = {}
     for _, res in runs:
-        configs.setdefault(_group_key(res["meta"]["config"]), res["meta"]["config"])
+        configs.setdefault(_group_key(_compared(res["meta"])), _compared(res["meta"]))
     labels = _labels(configs)
     priors: dict[str, dict] = {}
     sources: dict[str, tuple[Path, dict]] = {}
     notes, order = [], []
     for d, res in runs:
-        label = labels[_group_key(res["meta"]["config"])]
+        label = labels[_group_key(_compared(res["meta"]))]
         for name, entry in res["priors"].items():
             row = f"{name} [{label}]" if label else name
             if row not in order:
@@ -148,12 +156,12 @@ def merge_runs(dirs: list[Path]) -> tuple[dict, dict[str, tuple[Path, dict]]]:
                 merged_from=[{"dir": str(d), "config_hash": r["meta"].get("config_hash"),
                               "git_commit": r["meta"].get("git_commit"), "priors": sorted(r["priors"]),
                               "training_seeds": r["meta"]["config"].get("training_seeds"),
-                              "label": labels[_group_key(r["meta"]["config"])]} for d, r in runs],
+                              "label": labels[_group_key(_compared(r["meta"]))]} for d, r in runs],
                 merge_notes=notes, command=" ".join(["run_all.py report", "OUT", *map(str, dirs)]))
     for key in ("provenance", "feature_source", "stage_keys"):
         merged = {}
         for d, r in runs:
-            label = labels[_group_key(r["meta"]["config"])]
+            label = labels[_group_key(_compared(r["meta"]))]
             for name, v in (r["meta"].get(key) or {}).items():
                 merged.setdefault(f"{name} [{label}]" if label else name, v)
         meta[key] = merged

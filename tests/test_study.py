@@ -613,6 +613,17 @@ def test_merge_pools_training_seeds_and_labels_differing_configs(study, cache, t
     (tmp_path / "other" / "results.json").write_text(json.dumps(other))
     res, _ = merge_runs([a, tmp_path / "other"])
     assert sorted(res["priors"]) == ["gaussian [dmvae.steps=40]", "gaussian [dmvae.steps=99]"]
+    newer = json.loads((a / "results.json").read_text())  # written after a setting was added, left at its default
+    newer["meta"]["config"]["generator"]["later"] = False
+    newer["meta"]["config_neutral"] = ["generator.later"]
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / "results.json").write_text(json.dumps(newer))
+    res, _ = merge_runs([tmp_path / "s1", tmp_path / "newer"])
+    assert list(res["priors"]) == ["gaussian"]  # pooled with the run written before the setting existed
+    newer["meta"]["config"]["generator"]["later"], newer["meta"]["config_neutral"] = True, []
+    (tmp_path / "newer" / "results.json").write_text(json.dumps(newer))
+    res, _ = merge_runs([tmp_path / "s1", tmp_path / "newer"])
+    assert sorted(res["priors"]) == ["gaussian [generator.later=None]", "gaussian [generator.later=True]"]
 
 
 @pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)

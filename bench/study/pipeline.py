@@ -11,12 +11,12 @@ lazy: when the evaluation is finished nothing upstream is loaded, so a cached re
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
 from bench import distributed as D
 from bench.compute import TRAINING_STAGES, Compute
+from bench.config import keyed_dict
 from bench.core.dit import build_dit
 from bench.core.flow import sample_ode
 from bench.dmvae import (Start, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
@@ -34,7 +34,7 @@ BASELINE = "vae"  # the prior whose row is the KL-VAE baseline (no distribution 
 
 
 def _asdict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    return keyed_dict(cfg)  # neutral added_later settings left out: finished stages stay valid (bench/config.py)
 
 
 def _prior_key(settings: PriorSettings) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import distributed as D
 from bench.cache import Cache
-from bench.config import config_hash, to_dict
+from bench.config import config_hash, neutral_keys, to_dict
 from bench.data import DataSpec, dataset_fingerprint, load_dataset
 from bench.errors import UserError
 from bench.io import atomic_write_json, atomic_write_png, environment, written_under
@@ -120,7 +120,8 @@ class Context:
 def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict, ablation: str | None = None) -> dict:
     env = environment()
     key, _, value = (ablation or "").partition("=")
-    return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg), **command,
+    return {"schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "config_hash": config_hash(cfg),
+            "config_neutral": neutral_keys(cfg), **command,
             "ablation": {"key": key, "value": value} if ablation else None, "metrics": metric_directions(),
             "timings": "own seconds per stage, without the upstream stages computed inside it",
             "priors_requested": priors, "git_commit": env.pop("git_commit"), **env,
