@@ -7,12 +7,17 @@ Sampling: sample i (a global index) has label i mod num_classes and its own nois
 torch.Generator seeded with seed * 1_000_003 + i, so any batch size, shard or world size gives
 the same samples; latents are de-normalised (LatentNorm.invert) and decoded to images in [-1, 1].
 
-| preset | net | patch | steps | batch | lr | ema | checkpoints at |
-|---|---|---|---|---|---|---|---|
-| smoke | P | 2 | 20   | 16  | 1e-3 | 0.9    | 0.5, 1 |
-| cpu   | P | 2 | 6000 | 128 | 1e-3 | 0.99   | 0.5, 1 |
-| gpu   | B | 1 | 40k  | 256 | 2e-4 | 0.9999 | 0.125 ... 1 (8) |
-| paper | XL | 1 | 400k | 256 | 1e-4 | 0.9999 | 0.125 ... 1 (8) |
+| preset | net | patch | steps | batch | lr | ema | checkpoints at | flip |
+|---|---|---|---|---|---|---|---|---|
+| smoke | P | 2 | 20   | 16  | 1e-3 | 0.9    | 0.5, 1 | no |
+| cpu   | P | 2 | 6000 | 128 | 1e-3 | 0.99   | 0.5, 1 | no |
+| gpu   | B | 1 | 40k  | 256 | 2e-4 | 0.9999 | 0.125 ... 1 (8) | yes |
+| paper | XL | 1 | 400k | 256 | 1e-4 | 0.9999 | 0.125 ... 1 (8) | yes |
+
+Training batches come from latents encoded once (latent_source.py); `flip` adds the mirrored
+images' latents and mirrors each row with probability 1/2, as LightningDiT does on ImageNet. The
+gpu and paper presets flip (ImageNet is left-right symmetric in distribution); the cpu preset does
+not, so its committed example, computed before flip existed, stays the cpu preset's result.
 
 The cpu budget was set by the convergence rule (last two checkpoints within 5%), measured on the
 gaussian prior's DMVAE latents (gFID-250, seed 0): 3000 steps at batch 64 still fell 8.9% from
@@ -33,12 +38,13 @@ import torch.nn as nn
 
 from bench import distributed as D
 from bench.compute import Compute, ComputeConfig
-from bench.config import SettingError, require
+from bench.config import SettingError, added_later, require
 from bench.core.dit import DIT_SIZES, POSITIONS, build_dit
 from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler, sample_ode
 from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
+from bench.dmvae.latent_source import SOURCES, CachedLatents, flip_coins
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
 from bench.training import log_progress
 
@@ -63,10 +69,13 @@ class GeneratorConfig:
     checkpoints: tuple[float, ...] = (0.5, 1.0)  # fractions of `steps`; the last two judge convergence
     seed: int = 0
     log_every: int = 1000
+    flip: bool = added_later(False, "cached latents with flip")   # also train on the mirrored images' latents
+    latents: str = added_later("cached", "cached latents with flip")  # a SOURCES value (latent_source.py)
 
     def __post_init__(self):
         require(self, positive=("patch", "steps", "batch", "lr"), non_negative=("warmup", "grad_clip", "seed",
-                "log_every"), fraction=("ema_decay", "label_dropout"), choices={"net": DIT_SIZES, "pos": POSITIONS})
+                "log_every"), fraction=("ema_decay", "label_dropout"),
+                choices={"net": DIT_SIZES, "pos": POSITIONS, "latents": SOURCES})
         if not self.checkpoints or not all(0 < f <= 1 for f in self.checkpoints):
             raise SettingError("checkpoints", "must be fractions of steps in (0, 1], at least one", self.checkpoints)
 
@@ -76,9 +85,9 @@ GENERATOR_PRESETS = {
                              log_every=0),
     "cpu": GeneratorConfig(),
     "gpu": GeneratorConfig(net="B", patch=1, steps=40_000, batch=256, lr=2e-4, warmup=1000, ema_decay=0.9999,
-                           checkpoints=EIGHTHS, log_every=2000),
+                           checkpoints=EIGHTHS, log_every=2000, flip=True),
     "paper": GeneratorConfig(net="XL", patch=1, steps=400_000, batch=256, lr=1e-4, warmup=1000,
-                             ema_decay=0.9999, checkpoints=EIGHTHS, log_every=10_000),
+                             ema_decay=0.9999, checkpoints=EIGHTHS, log_every=10_000, flip=True),
 }
 
 
@@ -96,21 +105,25 @@ def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:
     return sorted({max(1, round(f * cfg.steps)) for f in cfg.checkpoints})
 
 
-def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
+def train_generator(latents, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
                     checkpoint: str | None = None, checkpoint_every: int = 0,
                     compute: ComputeConfig | None = None) -> tuple[nn.Module, list[dict], dict]:
-    """Flow matching on normalised latents (N, C, h, w) with labels (N,).
+    """Flow matching on normalised latents with labels (N,): `latents` is a latent source
+    (latent_source.py: cached, with or without the mirrored images' latents, or encoded on the fly)
+    or a plain tensor (N, C, h, w), taken as cached latents without flip.
 
     Returns the final EMA model (eval), the checkpoints [{fraction, step, epoch, state_dict}]
     (EMA weights, CPU tensors) and a history {losses, seconds, img_per_s, config}. `checkpoint`
     (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
-    The latents are encoded once before this (cached; see bench/study/pipeline.py), not per batch.
+    The study encodes them once before this (bench/study/pipeline.py); with cfg.flip every step mirrors
+    the rows that flip_coins(seed, step) picks. cfg.latents is read by the caller that builds the source.
     """
+    source = CachedLatents(latents) if isinstance(latents, torch.Tensor) else latents
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
     cx = Compute(compute, "generator", device)
-    net = build_dit(cfg.net, tuple(latents.shape[1:]), num_classes, cfg.patch, cfg.pos).to(device)
+    net = build_dit(cfg.net, source.shape, num_classes, cfg.patch, cfg.pos).to(device)
     ema = make_ema(net)
     opt = cx.adamw(net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     fwd, meter = cx.compile(net), cx.meter()
@@ -122,16 +135,18 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
     with cx.session():
         t0 = time.time()
         for step in range(first, cfg.steps):
-            idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
+            idx = shard_batch(torch.randint(len(source), (cfg.batch,), generator=g))  # same global batch on all ranks
+            coins = shard_batch(flip_coins(cfg.seed, step, cfg.batch)) if cfg.flip else None
             model = net if meter.counting() else fwd  # the counted step runs eagerly
             with meter.step():
-                loss = flow_matching_step(net, ema, opt, cx.fetch(latents, idx), cx.fetch(labels, idx), times, cfg,
-                                          step, noise, "generator stage", model=model, autocast=cx.autocast)
+                loss = flow_matching_step(net, ema, opt, source.batch(idx, coins, cx.fetch), cx.fetch(labels, idx),
+                                          times, cfg, step, noise, "generator stage", model=model,
+                                          autocast=cx.autocast)
             window.append(loss)
             done = step + 1
             if done in keep:
                 checkpoints.append({"fraction": done / cfg.steps, "step": done,
-                                    "epoch": done * cfg.batch / len(latents),
+                                    "epoch": done * cfg.batch / len(source),
                                     "state_dict": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}})
             if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
                 rows.append({"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)})
@@ -141,7 +156,8 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
                               {"checkpoints": checkpoints, "rows": rows, "window": window}, noise)
         seconds = time.time() - t0
     history = {"losses": rows, "seconds": seconds, "img_per_s": (cfg.steps - first) * cfg.batch / max(seconds, 1e-9),
-               "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(latents), "resumed_from": first,
+               "config": asdict(cfg), "epochs": cfg.steps * cfg.batch / len(source), "resumed_from": first,
+               "latents": {"source": source.kind, "flip": cfg.flip, "rows": len(source)},
                "compute": cx.record(meter, (cfg.steps - first) * cfg.batch, seconds, D.world_size())}
     return ema.eval().requires_grad_(False), checkpoints, history
 

@@ -22,6 +22,7 @@ from bench.core.flow import sample_ode
 from bench.dmvae import (Start, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
                          resolve_start, train_dmvae, train_generator, train_teacher, train_vae_baseline)
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
+from bench.dmvae.latent_source import EncodeOnTheFly, cache_latents
 from bench.metrics import matching
 from bench.progress import Progress
 from bench.study import evaluate as E
@@ -128,10 +129,14 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
     # 5. The generator: a DiT on the final tokenizer's latents, normalised by their own statistics
     #    (paper section 3.5; the reference code measures latent_mean/scale after the DM stage).
     def train_downstream(resume):
-        raw = encode(tokenizer()[0], data.train.images)
+        encoder = tokenizer()[0]
+        raw = encode(encoder, data.train.images)
         norm = measure_norm(raw, "DMVAE encoder latents of the train images (after the DM stage)")
-        latents = norm.apply(raw)
-        E.finite_or_raise(float(latents.abs().max()), "generator training latents")
+        if c.generator.latents == "cached":  # encoded once, with the mirrored images when flip is on
+            latents = cache_latents(encoder, data.train.images, norm, c.generator.flip, raw=raw)
+            E.finite_or_raise(float(latents.latents.abs().max()), "generator training latents")
+        else:
+            latents = EncodeOnTheFly(encoder, data.train.images, norm)
         model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c.generator,
                                            checkpoint=resume, checkpoint_every=every, compute=c.compute)
         return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
