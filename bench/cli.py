@@ -1,9 +1,10 @@
-"""Command line of run_all.py: the study (default), `toy2d`, `report`, `priors`, `score`.
+"""Command line of run_all.py: the study (default), `toy2d`, `report`, `priors`, `sample`, `score`.
 
     python run_all.py --priors gaussian,text,resnet,dino,noise [--preset cpu] [--out DIR]
     python run_all.py toy2d [--out DIR] [--target s_curve] [--objectives dm,real_score]
     python run_all.py report DIR
     python run_all.py priors [--check]
+    python run_all.py sample RUN_DIR --prior NAME --n N --out SAMPLES.npz [--training-seed S]
     python run_all.py score SAMPLES.npz REF.npz [--json OUT.json] [--inception-weights PATH]
 
 Bad input ends with one paragraph on stderr (exit code 2), never a bare traceback.
@@ -18,13 +19,14 @@ from pathlib import Path
 
 from bench.errors import UserError, unknown
 
-COMMANDS = ("toy2d", "report", "priors", "score")
+COMMANDS = ("toy2d", "report", "priors", "sample", "score")
 
 EPILOG = """sub-commands:
   (none)   the prior study: one DMVAE per prior, rFID / gFID / convergence / t-SNE, reports
   toy2d    the paper's 2D toy (Fig. 3) with every objective measured (run_all.py toy2d --help)
   report   re-render a report from an output folder's results.json
   priors   list the reference priors (--check verifies each one)
+  sample   N samples of a finished run's generator as an ADM .npz (torchrun-distributed, resumable)
   score    score a samples .npz against a reference .npz (ADM layout): FID, sFID, precision/recall, IS
 """
 
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in COMMANDS:
-            return {"toy2d": _toy2d, "report": _report, "priors": _priors, "score": _score}[argv[0]](argv[1:])
+            return {"toy2d": _toy2d, "report": _report, "priors": _priors, "sample": _sample,
+                    "score": _score}[argv[0]](argv[1:])
         if argv and not argv[0].startswith("-"):
             raise unknown("sub-command", argv[0], COMMANDS)
         return _study(argv)
@@ -260,6 +263,42 @@ def _report(argv) -> int:
         print(f"merged: {write_merged(Path(args.dir), [Path(r) for r in args.runs])}")
     md, page = build_report(Path(args.dir))
     print(f"report: {md}\nreport: {page}")
+    return 0
+
+
+def _sample(argv) -> int:
+    p = _Parser(prog="run_all.py sample", description=(
+        "Write N samples of a finished study run's generator (EMA weights, decoded by its DMVAE decoder) as an "
+        "ADM-layout .npz (arr_0 uint8 (N, H, W, 3), arr_1 labels) for run_all.py score or guided-diffusion's "
+        "evaluator. Labels are class-balanced and each sample's noise depends only on its index, so the file "
+        "does not depend on the number of processes (torchrun) or on resuming: a killed job resumes from its "
+        "finished chunks (bench/study/sample.py)."))
+    p.add_argument("run_dir", help="the --out folder of a finished study run")
+    p.add_argument("--prior", required=True, help="which prior's generator")
+    p.add_argument("--n", type=int, required=True, help="number of samples (50000 for the standard protocol)")
+    p.add_argument("--out", required=True, help="the .npz to write (chunks go to OUT.parts/ meanwhile)")
+    p.add_argument("--training-seed", type=int, default=0, help="which training seed's generator (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0: the study's first gFID seed)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's eval.cfg_scale)")
+    p.add_argument("--steps", type=int, help="Euler ODE steps (default: the run's eval.sample_steps)")
+    p.add_argument("--batch", type=int, help="sampling batch per process (default: the run's eval.batch, which gives "
+                   "the study's own gFID samples bit for bit; another batch size changes pixels only by float "
+                   "rounding)")
+    p.add_argument("--cache-dir", help="the cache the run used (default $DMVAE_CACHE, else ~/.cache/dmvae-bench)")
+    args = p.parse_args(argv)
+    from bench.cache import Cache
+    from bench.study.sample import sample_run
+
+    try:
+        _probe(Path(args.out).resolve().parent)
+    except OSError as e:
+        raise UserError(f"Cannot write the samples file '{args.out}' ({e.strerror}); pass a path in a writable "
+                        f"folder with --out.") from None
+    if (args.batch is not None and args.batch < 1) or (args.steps is not None and args.steps < 1) or (args.cfg_scale is not None
+                                                                         and not args.cfg_scale >= 0):
+        raise UserError("--batch and --steps must be at least 1 and --cfg-scale a number >= 0.")
+    sample_run(Path(args.run_dir), args.prior, args.n, Path(args.out), args.training_seed, args.seed,
+               args.cfg_scale, args.steps, args.batch, Cache(_writable_cache(args.cache_dir)))
     return 0
 
 

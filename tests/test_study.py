@@ -615,12 +615,13 @@ def test_merge_pools_training_seeds_and_labels_differing_configs(study, cache, t
     assert sorted(res["priors"]) == ["gaussian [dmvae.steps=40]", "gaussian [dmvae.steps=99]"]
     newer = json.loads((a / "results.json").read_text())  # written after a setting was added, left at its default
     newer["meta"]["config"]["generator"]["later"] = False
-    newer["meta"]["config_neutral"] = ["generator.later"]
+    newer["meta"]["config_neutral"] = [*newer["meta"].get("config_neutral", []), "generator.later"]
     (tmp_path / "newer").mkdir()
     (tmp_path / "newer" / "results.json").write_text(json.dumps(newer))
     res, _ = merge_runs([tmp_path / "s1", tmp_path / "newer"])
     assert list(res["priors"]) == ["gaussian"]  # pooled with the run written before the setting existed
-    newer["meta"]["config"]["generator"]["later"], newer["meta"]["config_neutral"] = True, []
+    newer["meta"]["config"]["generator"]["later"] = True
+    newer["meta"]["config_neutral"].remove("generator.later")
     (tmp_path / "newer" / "results.json").write_text(json.dumps(newer))
     res, _ = merge_runs([tmp_path / "s1", tmp_path / "newer"])
     assert sorted(res["priors"]) == ["gaussian [generator.later=None]", "gaussian [generator.later=True]"]
@@ -656,3 +657,41 @@ def test_submitit_local_jobs_merge_to_the_numbers_of_one_run(study, cache, tmp_p
     both = _single_runs(study, tmp_path / "both", cache, ["gaussian,gmm"])[0]
     got, want = ((d / "report.md").read_text() for d in (out, both))
     assert _md_tables_before(got) == _md_tables_before(want)
+
+
+@pytest.mark.slow  # the module's smoke study, then Inception on the samples
+def test_sample_writes_the_studys_gfid_samples_as_an_adm_npz_and_resumes(study, cache, tmp_path, monkeypatch):
+    import numpy as np
+
+    from bench.cache import Cache
+    from bench.metrics import fid
+    from bench.study import sample as S
+
+    out, _, res, _ = study
+    n = res["meta"]["config"]["eval"]["gfid_n"]
+    whole = tmp_path / "whole.npz"  # the run's own sampling batch (eval.batch): the study's samples bit for bit
+    assert main(["sample", str(out), "--prior", "gaussian", "--n", str(n), "--out", str(whole),
+                 "--cache-dir", cache]) == 0
+    x = np.load(whole)["arr_0"]
+    assert x.shape == (n, 32, 32, 3) and x.dtype == np.uint8
+    assert list(np.load(whole)["arr_1"]) == [i % 10 for i in range(n)]
+    side = json.loads((tmp_path / "whole.npz.json").read_text())
+    assert side["prior"] == "gaussian" and side["sampler"]["steps"] == res["meta"]["config"]["eval"]["sample_steps"]
+    _, _, ctx = S.load_run(out, "gaussian", 0, Cache(cache))
+    feats = fid.inception_features(torch.from_numpy(x).permute(0, 3, 1, 2), 10, Cache(cache))
+    want = res["priors"]["gaussian"]["per_training_seed"]["0"]["gfid_per_seed"][0]["gfid"]
+    assert fid.fid_against_reference(feats, ctx.reference) == want
+    # resuming: a finished chunk is kept (here a fake one of zeros), a damaged one is written again,
+    # and the rest equals an uninterrupted run with the same chunks
+    monkeypatch.setattr(S, "CHUNK", 4)
+    quiet = dict(batch=4, cache=Cache(cache), log=lambda *a: None)
+    fresh = np.load(S.sample_run(out, "gaussian", n, tmp_path / "fresh.npz", **quiet))["arr_0"]
+    parts = tmp_path / "resumed.npz.parts"
+    parts.mkdir()
+    np.savez(parts / "chunk-000000.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8), arr_1=np.zeros(4, np.int64))
+    (parts / "chunk-000001.npz").write_bytes(b"half a file")
+    y = np.load(S.sample_run(out, "gaussian", n, tmp_path / "resumed.npz", **quiet))["arr_0"]
+    assert (y[:4] == 0).all() and np.array_equal(y[4:], fresh[4:]) and not parts.exists()
+    assert np.abs(fresh.astype(int) - x.astype(int)).max() <= 2  # another batch size: float rounding only
+    assert main(["sample", str(out), "--prior", "dino", "--n", "4", "--out", str(tmp_path / "d.npz"),
+                 "--cache-dir", cache]) == 2
