@@ -236,6 +236,60 @@ def test_force_recomputes_a_stage_and_those_after_it(study, cache, tmp_path, mon
     assert res["priors"]["gaussian"]["gfid"] == first["priors"]["gaussian"]["gfid"]  # deterministic on CPU
 
 
+@pytest.mark.slow  # the module's smoke study, then ~200 images through Inception (about 3 min on 2 busy cores)
+def test_guidance_sweep_added_to_a_finished_run_computes_only_the_sweep(study, cache, tmp_path, monkeypatch):
+    """`--set eval.cfg_scales=...` on a finished run: nothing upstream is trained or evaluated again; the sweep
+    at Table 1's scale (1) reproduces Table 1's per-seed gFID and precision/recall exactly (the same samples);
+    the report gets the sweep table, its figure (and the figure's data) and per-class FID beside its floor.
+    N = 20 over the 10 classes: 2 samples, reference and floor images per class, the least a class's FID needs."""
+    out = tmp_path / "run"
+    shutil.copytree(study[0] / "stages", out / "stages")  # the fixture's trained stages
+    for fn in ("train_teacher", "pretrain_autoencoder", "train_dmvae", "train_vae_baseline", "train_generator"):
+        monkeypatch.setattr(pipeline, fn, lambda *a, _fn=fn, **k: pytest.fail(f"{_fn} ran"))
+    args = [*FAST, "--set", "eval.gfid_n=20", "--set", "eval.ref_n=20", "--priors", "gaussian", "--out", str(out),
+            "--cache-dir", cache]
+    assert main(args) == 0  # the finished run: Table 1 at N = 20
+    finished = json.loads((out / "results.json").read_text())
+    before, before_keys = finished["priors"]["gaussian"], finished["meta"]["stage_keys"]["gaussian"]["0"]
+    from bench.study import evaluate
+    monkeypatch.setattr(evaluate, "generation", lambda *a, **k: pytest.fail("the evaluation ran again"))
+    assert main([*args, "--set", "eval.cfg_scales=2,1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    g = res["priors"]["gaussian"]
+    assert set(g["cached"]) >= {"dmvae", "generator", "evaluate"} and "guidance" not in g["cached"]
+    assert set(g["timings"]) == STAGES | {"guidance"}
+    keys = res["meta"]["stage_keys"]["gaussian"]["0"]
+    assert keys == {**before_keys, "guidance": keys["guidance"]}  # every other stage key as before the sweep
+    for key in ("rfid", "psnr", "ssim", "gfid", "kid", "precision_recall", "convergence"):
+        assert g[key] == before[key], key  # Table 1 is the finished run's
+    seed0 = g["per_training_seed"]["0"]
+    sweep = seed0["guidance"]
+    assert sweep["scales"] == [1.0, 2.0] and sweep["n"] == 20 and sweep["seeds"] == [0, 1]
+    at1, at2 = sweep["per_scale"]
+    assert at1["scale"] == 1.0 and at2["scale"] == 2.0
+    for mine, table1 in zip(at1["per_seed"], seed0["gfid_per_seed"]):  # the very samples Table 1 scored
+        assert (mine["seed"], mine["gfid"], mine["precision"], mine["recall"]) == \
+            (table1["seed"], table1["gfid"], table1["precision"], table1["recall"])
+    assert at1["gfid"]["mean"] == g["gfid"]["mean"] and at2["gfid"]["mean"] != at1["gfid"]["mean"]
+    pc = sweep["per_class"]
+    assert pc["n"] == pc["n_ref"] == pc["n_floor"] == [2] * 10 and pc["names"][0] == "h-stripes"
+    assert all(f > 0 for f in pc["floor"]) and all(f > 0 for w in (at1, at2) for f in w["per_class_fid"])
+    assert g["guidance"]["per_scale"][0]["gfid"]["sampling_std"] == at1["gfid"]["std"]  # the row: one seed
+    assert res["meta"]["evaluation"]["guidance"]["scales"] == [1.0, 2.0]
+    md = (out / "report.md").read_text()
+    assert "## Guidance sweep (CFG)" in md and "| gaussian | 1 | " in md and "| gaussian | 2 | " in md
+    assert "](figures/guidance_sweep.png)" in md and (out / "figures" / "guidance_sweep.png").is_file()
+    fig = json.loads((out / "figures" / "guidance_sweep.json").read_text())["priors"]["gaussian"]
+    assert [(p["scale"], p["gfid"]) for p in fig] == [(1.0, at1["gfid"]["mean"]), (2.0, at2["gfid"]["mean"])]
+    per_class = _md_tables_before(md, "## Did q(z) reach p_r?")[-1]
+    assert per_class[0].startswith("| prior | rank (1 = best) | class |") and len(per_class) == 2 + 6
+    assert "| gaussian | 1 of 10 |" in per_class[2] and "| 2 / 2 / 2 |" in per_class[2]
+    csv = pd.read_csv(out / "results.csv")
+    assert sorted(csv[csv.metric == "gfid_cfg"].cfg_scale) == [1.0, 2.0]
+    assert main([*args, "--set", "eval.cfg_scales=1,2"]) == 0  # again: every stage loads, the sweep too
+    assert "guidance" in json.loads((out / "results.json").read_text())["priors"]["gaussian"]["cached"]
+
+
 @pytest.mark.parametrize("preset", list(STUDY_PRESETS))
 def test_dry_run_prints_each_preset(preset, capsys):
     assert main(["--preset", preset, "--priors", "gaussian,dino", "--dry-run", "--set", "generator.steps=7"]) == 0
