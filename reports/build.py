@@ -86,6 +86,7 @@ def document(study: Study) -> list[Block]:
         for name, r in failed.items():
             b.append(Note(f"Prior '{name}' is {r.get('status')}: {r.get('reason', 'no reason recorded')}. Its "
                           f"row has no numbers, because none were measured."))
+        b += guidance_section(study)
         b += [Heading(2, "Did q(z) reach p_r?"), tables.matching_table(res), tables.dm_curve_table(res)]
         b += [Heading(2, "Latent structure"), tables.structure_table(res)]
         tsne, notes = figures.tsne_panels(study)
@@ -109,6 +110,22 @@ def document(study: Study) -> list[Block]:
         b += [Heading(2, "Time"), tables.timing_table(res)]
     b += provenance(study)
     return b
+
+
+def guidance_section(study: Study) -> list[Block]:
+    """The CFG sweep (eval.cfg_scales): its table, figure and per-class FID; nothing when no sweep ran."""
+    table = tables.guidance_table(study.results)
+    if table is None:
+        return []
+    b: list[Block] = [Heading(2, "Guidance sweep (CFG)"),
+                      Note("These numbers are GUIDED (classifier-free guidance at the scale each row names) and are "
+                           "not Table 1, which stays at its own CFG scale like the paper's unguided Table 1."),
+                      table]
+    fig = figures.guidance_sweep(study)
+    if fig is not None:
+        b.append(fig)
+    per_class, notes = tables.class_fid_table(study.results)
+    return b + [Note(n) for n in notes] + ([per_class] if per_class is not None else [])
 
 
 def provenance(study: Study) -> list[Block]:

@@ -16,10 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.io import atomic_write_bytes, atomic_write_png  # noqa: E402
+from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_png  # noqa: E402
 
+from reports.data import guidance_summary  # noqa: E402
 from reports.results import Study, figure_file  # noqa: E402
-from reports.tables import ok_priors  # noqa: E402
+from reports.tables import ok_priors, swept_scales  # noqa: E402
 
 DPI = 110
 
@@ -56,6 +57,49 @@ def convergence(study: Study) -> Figure | str:
     path = _save(fig, study.out / "figures" / "convergence.png")
     return Figure(path, f"gFID-{n} (seed {res['meta']['config']['eval']['seeds'][0]}) at each generator checkpoint, "
                         f"every prior of this run (the paper's Fig. 6 plots gFID-50k against epochs).")
+
+
+def guidance_points(results: dict) -> dict[str, list[dict]]:
+    """The guidance sweep's gFID per prior and scale (mean over training seeds, std as the sweep table shows
+    it): the figure's data, also written beside it as JSON."""
+    summ = guidance_summary(results)
+    out = {}
+    for name in ok_priors(results):
+        points = []
+        for w in swept_scales(summ, name):
+            got = summ.loc[(name, "gfid_cfg", w)]
+            sd = got["training_std"] if got["seeds"] > 1 else got["sampling_std"]
+            points.append({"scale": w, "gfid": float(got["mean"]), "std": float(sd), "training_seeds": int(got["seeds"])})
+        if points:
+            out[name] = points
+    return out
+
+
+def guidance_sweep(study: Study) -> Figure | None:
+    """gFID against the CFG scale, one line per prior (error bars: the sweep table's std); None without a sweep.
+    Its data goes to <out>/figures/guidance_sweep.json beside the PNG."""
+    res = study.results
+    points = guidance_points(res) if res else {}
+    if not points:
+        return None
+    ev = res["meta"]["config"]["eval"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, pts in points.items():
+        ax.errorbar([p["scale"] for p in pts], [p["gfid"] for p in pts], yerr=[p["std"] for p in pts], marker="o",
+                    capsize=3, label=name)
+    ax.axvline(ev.get("cfg_scale", 1.0), color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel("CFG scale w (v_u + w (v_c - v_u))")
+    ax.set_ylabel(f"gFID-{ev.get('gfid_n')} (mean ± std)")
+    ax.set_title("Guidance sweep of the downstream generator")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    folder = study.out / "figures"
+    atomic_write_json(folder / "guidance_sweep.json", {"x": "cfg scale", "y": f"gFID-{ev.get('gfid_n')}",
+                                                       "priors": points})
+    path = _save(fig, folder / "guidance_sweep.png")
+    return Figure(path, f"gFID-{ev.get('gfid_n')} against the CFG scale, every prior of this run (guided samples; the "
+                        f"dotted line is Table 1's scale {ev.get('cfg_scale', 1.0):g}); error bars: the std over "
+                        f"training seeds, or over sampling seeds with one training seed.")
 
 
 def tsne_panels(study: Study) -> tuple[Figure | None, list[str]]:

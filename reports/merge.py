@@ -9,6 +9,9 @@ Rules:
 - A prior's training seeds from runs whose resolved config agrees (training seeds and the prior list
   aside) are pooled
   into one row and aggregated as one run would (bench/study/aggregate.py).
+- A run with a guidance sweep (eval.cfg_scales) and one without pool too: the sweep is an extra stage
+  after the evaluation and Table 1 is computed the same way in both; the sweep is pooled per scale over
+  the training seeds that ran it.
 - Runs of a prior whose configs differ in anything else are shown side by side, each row labelled
   by the settings that differ ("gaussian [dmvae.steps=3000]"), never pooled.
 - A training seed present in two runs of one config is the same computation: the first run's is kept.
@@ -52,8 +55,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# Settings that say which rows a run computed, not how: runs that differ only in these pool.
-ROW_KEYS = ("training_seeds", "priors")
+# Settings that say which rows a run computed, or what it computed beyond Table 1, not how it computed them:
+# runs that differ only in these pool. eval.cfg_scales (the guidance sweep) adds a stage after the evaluation
+# and leaves Table 1 (at eval.cfg_scale) as it is, so a run with a sweep pools with one without; the sweep
+# itself is pooled per scale over the training seeds that ran it (bench/study/aggregate.py).
+ROW_KEYS = ("training_seeds", "priors", "eval.cfg_scales")
 
 
 def _compared(meta: dict) -> dict:
@@ -65,7 +71,7 @@ def _compared(meta: dict) -> dict:
 
 def _group_key(config: dict) -> str:
     """The config's hash with ROW_KEYS left out: runs that differ only there pool."""
-    rest = {k: v for k, v in config.items() if k not in ROW_KEYS}
+    rest = drop_keys(config, list(ROW_KEYS))
     return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -92,10 +98,22 @@ def _labels(groups: dict[str, dict]) -> dict[str, str]:
     """A short label per config group: the settings in which the groups differ."""
     if len(groups) == 1:
         return {k: "" for k in groups}
-    flats = {k: _flat({c: v for c, v in cfg.items() if c not in ROW_KEYS}) for k, cfg in groups.items()}
+    flats = {k: _flat(drop_keys(cfg, list(ROW_KEYS))) for k, cfg in groups.items()}
     keys = sorted({key for f in flats.values() for key in f})
     differ = [key for key in keys if len({json.dumps(f.get(key), sort_keys=True) for f in flats.values()}) > 1]
     return {k: ", ".join(f"{key}={f.get(key)}" for key in differ) for k, f in flats.items()}
+
+
+def _merge_sweeps(meta: dict, metas: list[dict]) -> None:
+    """The merged meta's guidance sweep: every scale some run swept (eval.cfg_scales) and the first sweep's
+    settings (meta.evaluation.guidance) with those scales; nothing when no run swept."""
+    scales = sorted({w for m in metas for w in _get(m["config"], "eval.cfg_scales") or []})
+    sweeps = [m["evaluation"]["guidance"] for m in metas if (m.get("evaluation") or {}).get("guidance")]
+    if not scales or not sweeps:
+        return
+    meta["config"]["eval"]["cfg_scales"] = scales
+    meta["config_neutral"] = [k for k in meta.get("config_neutral") or [] if k != "eval.cfg_scales"]
+    meta.setdefault("evaluation", {})["guidance"] = {**sweeps[0], "scales": scales}
 
 
 def merge_runs(dirs: list[Path]) -> tuple[dict, dict[str, tuple[Path, dict]]]:
@@ -152,6 +170,7 @@ def merge_runs(dirs: list[Path]) -> tuple[dict, dict[str, tuple[Path, dict]]]:
     meta["config"]["training_seeds"] = seeds or meta["config"].get("training_seeds")
     if "priors" in meta["config"]:  # configs written since the prior list joined the config
         meta["config"]["priors"] = list(dict.fromkeys(n for _, r in runs for n in r["priors"]))
+    _merge_sweeps(meta, [r["meta"] for _, r in runs])
     meta.update(priors_requested=order, wall_s=sum(r["meta"].get("wall_s") or 0 for _, r in runs),
                 merged_from=[{"dir": str(d), "config_hash": r["meta"].get("config_hash"),
                               "git_commit": r["meta"].get("git_commit"), "priors": sorted(r["priors"]),

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from reports import paper
-from reports.data import METRIC_INDEX, summary
+from reports.data import METRIC_INDEX, guidance_summary, summary
 
 
 @dataclass
@@ -234,6 +234,102 @@ def gfid_resolution(results: dict, z: float = 2.0) -> Table:
     return t
 
 
+# ------------------------------------------------------------------------------------ guidance sweep
+def swept_scales(summ, name: str) -> list[float]:
+    """The CFG scales a prior's guidance sweep has rows for (guidance_summary's index)."""
+    return sorted({w for p, m, w in summ.index if p == name and m == "gfid_cfg"})
+
+
+def guidance_table(results: dict) -> Table | None:
+    """Prior x CFG scale: gFID-N, precision, recall (means over training seeds ± their spread); None without
+    a sweep. Guided rows, apart from Table 1 (which stays at eval.cfg_scale)."""
+    summ = guidance_summary(results)
+    names = [n for n in ok_priors(results) if swept_scales(summ, n)]
+    if not names:
+        return None
+    gfid_n, table1 = _n(results, "gfid_n"), _n(results, "cfg_scale")
+    t = Table(f"Guidance sweep (CFG, guided samples: not Table 1): gFID-{_k(gfid_n)}, precision and recall per "
+              f"scale", ["prior", "CFG scale", f"gFID-{_k(gfid_n)} (mean ± std)", "precision (k = 3)",
+                         "recall (k = 3)", "std over", "samples"])
+
+    def cell(name: str, metric: str, w: float, digits: int) -> tuple[str, float]:
+        got = summ.loc[(name, metric, w)]
+        sd = got["training_std"] if got["seeds"] > 1 else got["sampling_std"]
+        return f"{fmt(float(got['mean']), digits)} ± {fmt(float(sd), digits)}", float(got["mean"])
+
+    for name in names:
+        vals: dict[int, dict[int, float]] = {2: {}, 3: {}, 4: {}}
+        for w in swept_scales(summ, name):
+            cells = {c: cell(name, metric, w, d) for c, metric, d in ((2, "gfid_cfg", 2), (3, "precision_cfg", 3),
+                                                                       (4, "recall_cfg", 3))}
+            seeds = int(summ.loc[(name, "gfid_cfg", w), "seeds"])
+            i = t.add([name, f"{w:g}", *(cells[c][0] for c in (2, 3, 4)),
+                       f"{seeds} training seeds" if seeds > 1 else "sampling seeds (1 training seed)",
+                       "Table 1's (same samples)" if w == table1 else "guided"])
+            for c in vals:
+                vals[c][i] = cells[c][1]
+        for c, metric, digits in ((2, "gfid_cfg", 2), (3, "precision_cfg", 3), (4, "recall_cfg", 3)):
+            t.mark_best(c, vals[c], METRIC_INDEX[metric].higher_is_better, digits)  # best scale of each prior
+    t.notes.append(f"Classifier-free guidance v = v_u + w (v_c - v_u) at each scale w; Table 1 above stays at CFG "
+                   f"{table1:g} (the paper's Table 1 is unguided). Every scale draws Table 1's samples "
+                   f"(class-balanced labels, the same per-index noise, sampling seeds, N, sampler and reference "
+                   f"statistics) with only w changed, so the row at CFG {table1:g}, where swept over Table 1's training seeds, is "
+                   f"Table 1's gFID.")
+    t.notes.append("Means over the training seeds (pandas over results.csv's gfid_cfg / precision_cfg / recall_cfg "
+                   "rows: reports/data.py guidance_summary); the std is over the training seeds when there are "
+                   "several, else over the sampling seeds. Bold: each prior's best scale.")
+    floor = results["meta"].get("floors", {}).get("fid_real_vs_real")
+    if floor:
+        t.notes.append(f"Floor of FID at this N: {fmt(floor['value'])} ({floor['n']} real train images against the "
+                       f"held-out reference).")
+    return t
+
+
+def class_fid_table(results: dict, per_side: int = 3) -> tuple[Table | None, list[str]]:
+    """Per prior, its best and worst `per_side` classes by per-class FID (bench/study/guidance.py), each beside
+    its floor and counts, at every swept scale; (None, []) without a sweep, (None, notes) when no class
+    could be measured."""
+    sweeps = {n: r["guidance"] for n, r in ok_priors(results).items() if r.get("guidance")}
+    if not sweeps:
+        return None, []
+    scales = sorted({row["scale"] for g in sweeps.values() for row in g["per_scale"]})
+    t = Table("Per-class FID (guidance sweep, first sampling seed): the best and worst classes of each prior",
+              ["prior", "rank (1 = best)", "class", "images: samples / reference / floor", "per-class floor",
+               *[f"FID at CFG {w:g}" for w in scales]])
+    notes: list[str] = []
+    ranked: dict[str, list[str]] = {}  # how the classes were ranked -> the priors ranked so
+    for name, g in sweeps.items():
+        fid_at = {row["scale"]: row["per_class_fid"] for row in g["per_scale"]}
+        ranked_at = g["table1_scale"] if g["table1_scale"] in fid_at else min(fid_at)
+        measured = sorted((f, k) for k, f in enumerate(fid_at[ranked_at]) if f is not None)
+        pc = g["per_class"]
+        if not measured:
+            notes.append(f"Per-class FID of '{name}' is not measured: with gFID-{g['n']} over {len(pc['n'])} "
+                         f"classes each class has {min(pc['n'])} to {max(pc['n'])} samples and "
+                         f"{min(pc['n_ref'])} to {max(pc['n_ref'])} reference images, and a class's FID needs at "
+                         f"least 2 of each. Raise eval.gfid_n and eval.ref_n.")
+            continue
+        picks = range(len(measured)) if len(measured) <= 2 * per_side else \
+            [*range(per_side), *range(len(measured) - per_side, len(measured))]
+        for i in picks:
+            k = measured[i][1]
+            label = f"{k}: {pc['names'][k]}" if k < len(pc.get("names") or []) else str(k)
+            t.add([name, f"{i + 1} of {len(measured)}", label, f"{pc['n'][k]} / {pc['n_ref'][k]} / {pc['n_floor'][k]}",
+                   fmt(pc["floor"][k]), *[fmt(fid_at[w][k]) if w in fid_at else "—" for w in scales]])
+        ranked.setdefault(f"at CFG {ranked_at:g}" + (" (Table 1's samples)" if ranked_at == g["table1_scale"] else
+                          f" (the smallest swept scale: Table 1's scale {g['table1_scale']:g} was not swept)"),
+                          []).append(name)
+    if not t.rows:
+        return None, notes
+    t.notes += notes + [f"Classes ranked by their FID {how}: {', '.join(names)}." for how, names in ranked.items()]
+    t.notes.append("Per class: the first sampling seed's samples of that class against the held-out reference "
+                   "images of that class; floor: the FID floor's real train images of that class (as many as the "
+                   "samples) against the same reference images. At a few images per class FID is dominated by its "
+                   "bias, so read each value against its class's floor, not against Table 1's gFID. Values are means "
+                   "over the training seeds that ran the sweep.")
+    return t, []
+
+
 # ------------------------------------------------------------------------------------ structure
 def _means(results: dict):
     """mean over the training seeds of (prior, metric), from the tidy frame (reports/data.py summary)."""
@@ -300,6 +396,8 @@ def dm_curve_table(results: dict) -> Table:
 
 def timing_table(results: dict) -> Table:
     stages = ["prior", "teacher", "start", "dmvae", "generator", "evaluate"]
+    if any("guidance" in (r.get("timings") or {}) for r in results["priors"].values()):
+        stages.append("guidance")  # the CFG sweep's own stage (eval.cfg_scales)
     t = Table("Wall time per stage (seconds, when computed) and training throughput",
               ["prior", "prior build", *stages[1:], "total", "img/s (teacher / start / dmvae / generator)"])
     for name, r in priors_in_order(results).items():

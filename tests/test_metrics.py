@@ -59,6 +59,23 @@ def test_frechet_distance_is_finite_for_near_singular_covariances():
     assert FID.frechet_distance(np.zeros(64), zero, np.ones(64), zero) == pytest.approx(64.0, abs=1e-4)
 
 
+def test_class_fids_are_the_frechet_distance_of_each_class_and_none_below_two():
+    from bench.metrics.per_class import class_counts, class_fids
+
+    feats, y = clusters(n_per_class=6, classes=3, d=16, seed=1)
+    ref, y_ref = clusters(n_per_class=5, classes=3, d=16, seed=2)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[(y == 2).nonzero().flatten()[1:]] = False  # class 2: one sample left, no covariance
+    feats, y = feats[keep], y[keep]
+    got = class_fids(feats, y, ref, y_ref, num_classes=4)  # class 3: no images at all
+    for k in (0, 1):
+        (m1, s1), (m2, s2) = FID.stats(feats[y == k]), FID.stats(ref[y_ref == k])
+        assert got[k] == pytest.approx(FID.frechet_distance(m1, s1, m2, s2), rel=1e-6)
+    assert got[2] is None and got[3] is None
+    assert class_fids(ref, y_ref, ref, y_ref, 3) == pytest.approx([0.0] * 3, abs=1e-6)
+    assert class_counts(y, 4) == [6, 6, 1, 0]
+
+
 def test_stats_match_numpy_cov():
     f = gaussian(50, 5)
     mu, sigma = FID.stats(f)

@@ -460,3 +460,135 @@ def test_load_results_reads_the_committed_example():
     assert list(csv.columns) == COLUMNS and len(csv) == len(frame)
     assert np.allclose(csv.sort_values(["prior", "training_seed", "metric"]).value,
                        frame.sort_values(["prior", "training_seed", "metric"]).value)
+
+
+# ------------------------------------------------------------------ guidance sweep (eval.cfg_scales)
+K = 10
+
+
+def sweep_entry(gmean: float, scales=(1.0, 2.0, 3.0), per_class: bool = True) -> dict:
+    """One training seed's guidance record (bench/study/guidance.py): gFID falls as 1 / w from Table 1's value,
+    class k's FID is 100 + 10 k - 5 w (None when the classes were too small to measure)."""
+    n_per = 5 if per_class else 1
+    return {"scales": list(scales), "table1_scale": 1.0, "n": 50, "seeds": [0, 1], "k": 3,
+            "per_scale": [{"scale": w, "gfid": {"mean": gmean / w, "std": 0.5},
+                           "precision": {"mean": 0.5 + w / 10, "std": 0.01}, "recall": {"mean": 0.6 - w / 10, "std": 0.02},
+                           "per_seed": [], "per_class_fid": [100.0 + 10 * k - 5 * w if per_class else None
+                                                             for k in range(K)]} for w in scales],
+            "per_class": {"seed": 0, "names": [f"class{k}" for k in range(K)], "n": [n_per] * K, "n_ref": [n_per] * K,
+                          "n_floor": [n_per] * K, "floor": [80.0 + k if per_class else None for k in range(K)]}}
+
+
+def write_swept_study(out: Path, scales=(1.0, 2.0, 3.0), per_class: bool = True, tseed: int = 0) -> Path:
+    """A results folder whose priors ran the guidance sweep (one training seed `tseed`), as the runner writes it."""
+    from bench.study.aggregate import aggregate
+
+    rows = {}
+    for name in PRIORS:
+        seed = {**seed_entry(name, *PRIORS[name][1:], tseed=tseed), "guidance": sweep_entry(PRIORS[name][3], scales,
+                                                                                            per_class)}
+        seed["timings"] = {**seed["timings"], "guidance": 2.0}
+        row = _prior_entry(name, *PRIORS[name][1:])
+        rows[name] = {**row, "per_training_seed": {str(tseed): seed}, "guidance": aggregate({str(tseed): seed})["guidance"],
+                      "timings": seed["timings"]}
+    out = write_study(out, rows=rows, training_seeds=(tseed,))
+    res = json.loads((out / "results.json").read_text())
+    res["meta"]["config"]["eval"]["cfg_scales"] = list(scales)
+    res["meta"]["evaluation"]["guidance"] = {"scales": list(scales), "table1_scale": 1.0}
+    (out / "results.json").write_text(json.dumps(res))
+    return out
+
+
+def test_guidance_sweep_section_table_figure_and_per_class_fid(tmp_path):
+    out = write_swept_study(tmp_path / "swept")
+    md = build_report(out)[0].read_text()
+    assert md.index("## Reference priors (Table 1 style)") < md.index("## Guidance sweep (CFG)") \
+        < md.index("## Did q(z) reach p_r?")
+    assert "These numbers are GUIDED" in md
+    sweep = _table(md, "prior", "CFG scale")
+    assert sweep[0] == ("| prior | CFG scale | gFID-50 (mean ± std) | precision (k = 3) | recall (k = 3) | std over "
+                        "| samples |")
+    assert sweep[2:5] == [
+        "| gaussian | 1 | 60.00 ± 0.50 | 0.600 ± 0.010 | **0.500 ± 0.020** | sampling seeds (1 training seed) "
+        "| Table 1's (same samples) |",
+        "| gaussian | 2 | 30.00 ± 0.50 | 0.700 ± 0.010 | 0.400 ± 0.020 | sampling seeds (1 training seed) | guided |",
+        "| gaussian | 3 | **20.00 ± 0.50** | **0.800 ± 0.010** | 0.300 ± 0.020 | sampling seeds (1 training seed) "
+        "| guided |"]
+    assert len(sweep) == 2 + 3 * len(PRIORS)
+    plain = build_report(write_study(tmp_path / "plain"))[0].read_text()
+    assert _table(md, "prior", "paper row") == _table(plain, "prior", "paper row")  # Table 1 as without a sweep
+    # the figure: PNG in the report, its data beside it
+    assert "](figures/guidance_sweep.png)" in md and plt.imread(out / "figures" / "guidance_sweep.png").std() > 0
+    data = json.loads((out / "figures" / "guidance_sweep.json").read_text())
+    assert [p["scale"] for p in data["priors"]["dino"]] == [1.0, 2.0, 3.0]
+    assert [p["gfid"] for p in data["priors"]["dino"]] == [45.0, 22.5, 15.0] and data["priors"]["dino"][0]["std"] == 0.5
+    # per-class FID: the best and worst three classes at Table 1's scale, each beside its floor and counts
+    per = _table(md, "prior", "per-class floor")
+    assert per[0] == ("| prior | rank (1 = best) | class | images: samples / reference / floor | per-class floor "
+                      "| FID at CFG 1 | FID at CFG 2 | FID at CFG 3 |")
+    dino = [row for row in per[2:] if row.startswith("| dino |")]
+    assert dino[0] == "| dino | 1 of 10 | 0: class0 | 5 / 5 / 5 | 80.00 | 95.00 | 90.00 | 85.00 |"
+    assert dino[-1] == "| dino | 10 of 10 | 9: class9 | 5 / 5 / 5 | 89.00 | 185.00 | 180.00 | 175.00 |"
+    assert [row.split(" | ")[1] for row in dino] == ["1 of 10", "2 of 10", "3 of 10", "8 of 10", "9 of 10", "10 of 10"]
+    assert "Classes ranked by their FID at CFG 1 (Table 1's samples): gaussian, dino, vae." in md
+    assert "| prior | prior build | teacher | start | dmvae | generator | evaluate | guidance | total |" in md
+    assert "GUIDED" in (out / "report.html").read_text()
+
+
+def test_no_sweep_means_no_guidance_section_and_no_sweep_rows(study):
+    md = build_report(study)[0].read_text()
+    assert "Guidance sweep" not in md and "Per-class FID" not in md and "guidance" not in md.split("## Time")[1]
+    assert not list((study / "figures").glob("guidance*"))
+    frame = load_results(study)
+    assert not frame.metric.str.endswith("_cfg").any()
+    assert (frame[frame.metric == "gfid"].cfg_scale == 1.0).all() and frame[frame.metric == "rfid"].cfg_scale.isna().all()
+
+
+def test_sweep_rows_in_the_tidy_frame_carry_their_scale(tmp_path):
+    from reports.data import guidance_summary, summary
+
+    out = write_swept_study(tmp_path / "swept")
+    frame = load_results(out)
+    rows = frame[(frame.prior == "dino") & (frame.metric == "gfid_cfg")]
+    assert list(rows.cfg_scale) == [1.0, 2.0, 3.0] and list(rows.value) == [45.0, 22.5, 15.0]
+    assert (rows.n == 50).all() and (rows.sampling_seeds == "0 1").all() and not rows.higher_is_better.any()
+    pr = frame[(frame.prior == "dino") & (frame.metric == "precision_cfg")]
+    assert list(pr.value) == pytest.approx([0.6, 0.7, 0.8]) and pr.higher_is_better.all()
+    assert frame[(frame.prior == "dino") & (frame.metric == "gfid")].cfg_scale.tolist() == [1.0]  # Table 1's scale
+    res = json.loads((out / "results.json").read_text())
+    assert "gfid_cfg" not in summary(res).index.get_level_values("metric")  # Table 1's frame: no sweep rows
+    assert guidance_summary(res).loc[("dino", "gfid_cfg", 2.0), "mean"] == 22.5
+    assert metric_directions()["gfid_cfg"]["higher_is_better"] is False
+
+
+def test_per_class_fid_that_could_not_be_measured_is_a_note(tmp_path):
+    out = write_swept_study(tmp_path / "small", per_class=False)
+    md = build_report(out)[0].read_text()
+    assert "## Guidance sweep (CFG)" in md and "| prior | rank (1 = best) |" not in md
+    assert "Per-class FID of 'dino' is not measured: with gFID-50 over 10 classes each class has 1 to 1 samples" in md
+
+
+def test_merge_pools_a_run_with_a_sweep_and_one_without(tmp_path):
+    """eval.cfg_scales says what a run computed beyond Table 1, not how Table 1 was computed: such runs pool."""
+    from reports.merge import merge_runs
+
+    plain = write_study(tmp_path / "plain")  # training seed 0, no sweep (written before the setting existed)
+    swept = write_swept_study(tmp_path / "swept", tseed=1)
+    res, _ = merge_runs([plain, swept])
+    assert list(res["priors"]) == list(PRIORS)  # one row per prior, no labels
+    row = res["priors"]["dino"]
+    assert sorted(row["per_training_seed"]) == ["0", "1"] and row["gfid"]["training_seeds"] == [0, 1]
+    assert row["guidance"]["training_seeds"] == [1] and row["guidance"]["per_scale"][1]["gfid"]["mean"] == 22.5
+    assert res["meta"]["config"]["eval"]["cfg_scales"] == [1.0, 2.0, 3.0]
+    assert res["meta"]["evaluation"]["guidance"]["scales"] == [1.0, 2.0, 3.0]
+    other = write_swept_study(tmp_path / "other", scales=(1.0, 1.5), tseed=2)  # another sweep: pooled per scale
+    res, _ = merge_runs([swept, other])
+    g = res["priors"]["dino"]["guidance"]
+    assert [w["scale"] for w in g["per_scale"]] == [1.0, 1.5, 2.0, 3.0]
+    assert [w["training_seeds"] for w in g["per_scale"]] == [[1, 2], [2], [1], [1]]
+    assert res["meta"]["config"]["eval"]["cfg_scales"] == [1.0, 1.5, 2.0, 3.0]
+    differs = json.loads((other / "results.json").read_text())
+    differs["meta"]["config"]["eval"]["cfg_scale"] = 2.0  # Table 1 itself guided otherwise: never pooled
+    (other / "results.json").write_text(json.dumps(differs))
+    with pytest.raises(UserError, match="eval.cfg_scale "):
+        merge_runs([swept, other])

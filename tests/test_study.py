@@ -236,6 +236,60 @@ def test_force_recomputes_a_stage_and_those_after_it(study, cache, tmp_path, mon
     assert res["priors"]["gaussian"]["gfid"] == first["priors"]["gaussian"]["gfid"]  # deterministic on CPU
 
 
+@pytest.mark.slow  # the module's smoke study, then ~200 images through Inception (about 3 min on 2 busy cores)
+def test_guidance_sweep_added_to_a_finished_run_computes_only_the_sweep(study, cache, tmp_path, monkeypatch):
+    """`--set eval.cfg_scales=...` on a finished run: nothing upstream is trained or evaluated again; the sweep
+    at Table 1's scale (1) reproduces Table 1's per-seed gFID and precision/recall exactly (the same samples);
+    the report gets the sweep table, its figure (and the figure's data) and per-class FID beside its floor.
+    N = 20 over the 10 classes: 2 samples, reference and floor images per class, the least a class's FID needs."""
+    out = tmp_path / "run"
+    shutil.copytree(study[0] / "stages", out / "stages")  # the fixture's trained stages
+    for fn in ("train_teacher", "pretrain_autoencoder", "train_dmvae", "train_vae_baseline", "train_generator"):
+        monkeypatch.setattr(pipeline, fn, lambda *a, _fn=fn, **k: pytest.fail(f"{_fn} ran"))
+    args = [*FAST, "--set", "eval.gfid_n=20", "--set", "eval.ref_n=20", "--priors", "gaussian", "--out", str(out),
+            "--cache-dir", cache]
+    assert main(args) == 0  # the finished run: Table 1 at N = 20
+    finished = json.loads((out / "results.json").read_text())
+    before, before_keys = finished["priors"]["gaussian"], finished["meta"]["stage_keys"]["gaussian"]["0"]
+    from bench.study import evaluate
+    monkeypatch.setattr(evaluate, "generation", lambda *a, **k: pytest.fail("the evaluation ran again"))
+    assert main([*args, "--set", "eval.cfg_scales=2,1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    g = res["priors"]["gaussian"]
+    assert set(g["cached"]) >= {"dmvae", "generator", "evaluate"} and "guidance" not in g["cached"]
+    assert set(g["timings"]) == STAGES | {"guidance"}
+    keys = res["meta"]["stage_keys"]["gaussian"]["0"]
+    assert keys == {**before_keys, "guidance": keys["guidance"]}  # every other stage key as before the sweep
+    for key in ("rfid", "psnr", "ssim", "gfid", "kid", "precision_recall", "convergence"):
+        assert g[key] == before[key], key  # Table 1 is the finished run's
+    seed0 = g["per_training_seed"]["0"]
+    sweep = seed0["guidance"]
+    assert sweep["scales"] == [1.0, 2.0] and sweep["n"] == 20 and sweep["seeds"] == [0, 1]
+    at1, at2 = sweep["per_scale"]
+    assert at1["scale"] == 1.0 and at2["scale"] == 2.0
+    for mine, table1 in zip(at1["per_seed"], seed0["gfid_per_seed"]):  # the very samples Table 1 scored
+        assert (mine["seed"], mine["gfid"], mine["precision"], mine["recall"]) == \
+            (table1["seed"], table1["gfid"], table1["precision"], table1["recall"])
+    assert at1["gfid"]["mean"] == g["gfid"]["mean"] and at2["gfid"]["mean"] != at1["gfid"]["mean"]
+    pc = sweep["per_class"]
+    assert pc["n"] == pc["n_ref"] == pc["n_floor"] == [2] * 10 and pc["names"][0] == "h-stripes"
+    assert all(f > 0 for f in pc["floor"]) and all(f > 0 for w in (at1, at2) for f in w["per_class_fid"])
+    assert g["guidance"]["per_scale"][0]["gfid"]["sampling_std"] == at1["gfid"]["std"]  # the row: one seed
+    assert res["meta"]["evaluation"]["guidance"]["scales"] == [1.0, 2.0]
+    md = (out / "report.md").read_text()
+    assert "## Guidance sweep (CFG)" in md and "| gaussian | 1 | " in md and "| gaussian | 2 | " in md
+    assert "](figures/guidance_sweep.png)" in md and (out / "figures" / "guidance_sweep.png").is_file()
+    fig = json.loads((out / "figures" / "guidance_sweep.json").read_text())["priors"]["gaussian"]
+    assert [(p["scale"], p["gfid"]) for p in fig] == [(1.0, at1["gfid"]["mean"]), (2.0, at2["gfid"]["mean"])]
+    per_class = _md_tables_before(md, "## Did q(z) reach p_r?")[-1]
+    assert per_class[0].startswith("| prior | rank (1 = best) | class |") and len(per_class) == 2 + 6
+    assert "| gaussian | 1 of 10 |" in per_class[2] and "| 2 / 2 / 2 |" in per_class[2]
+    csv = pd.read_csv(out / "results.csv")
+    assert sorted(csv[csv.metric == "gfid_cfg"].cfg_scale) == [1.0, 2.0]
+    assert main([*args, "--set", "eval.cfg_scales=1,2"]) == 0  # again: every stage loads, the sweep too
+    assert "guidance" in json.loads((out / "results.json").read_text())["priors"]["gaussian"]["cached"]
+
+
 @pytest.mark.parametrize("preset", list(STUDY_PRESETS))
 def test_dry_run_prints_each_preset(preset, capsys):
     assert main(["--preset", preset, "--priors", "gaussian,dino", "--dry-run", "--set", "generator.steps=7"]) == 0
@@ -291,6 +345,13 @@ def test_paper_preset_networks_have_the_papers_sizes():
     (["--set", "teacher.net=Q", "--dry-run"], "Setting 'teacher.net' must be one of P, T, S, B, L, XL"),
     (["--set", "generator.checkpoints=0.5,1.5", "--dry-run"], "Setting 'generator.checkpoints' must be fractions"),
     (["--set", "prior.noise_t=2", "--dry-run"], "Setting 'prior.noise_t' must lie in [0, 1]"),
+    # the guidance sweep's scales: finite, >= 0, each once
+    (["--set", "eval.cfg_scales=1,-0.5", "--dry-run"], "Setting 'eval.cfg_scales' must be finite guidance scales "
+                                                       "of 0 or more"),
+    (["--set", "eval.cfg_scales=1,nan", "--dry-run"], "Setting 'eval.cfg_scales' must be a finite number"),
+    (["--set", "eval.cfg_scales=2,inf", "--dry-run"], "Setting 'eval.cfg_scales' must be a finite number"),
+    (["--set", "eval.cfg_scales=1.5,1.5", "--dry-run"], "Setting 'eval.cfg_scales' must not name a scale twice"),
+    (["--set", "eval.cfg_scales=1,strong", "--dry-run"], "Setting 'eval.cfg_scales' expects float"),
     (["--set", "feature_size=huge", "--dry-run"], "Setting 'feature_size' must be one of smoke, cpu, gpu"),
     # a whole section given a plain value
     (["--set", "dmvae=3", "--dry-run"], "'dmvae' is a section of settings, not a value"),
@@ -483,6 +544,36 @@ def test_stage_keys_per_training_seed_and_encoder_start():
     assert vae.baseline and set(vae.keys) == {"prior", "dmvae", "generator", "evaluate"}
 
 
+def test_guidance_sweep_is_a_stage_of_its_own_and_leaves_the_other_keys_alone():
+    """eval.cfg_scales adds a "guidance" stage keyed on the generator and the settings the sweep reads; every
+    other stage key stays as without a sweep, so adding a sweep to a finished run computes only the sweep."""
+    plain = pipeline.PriorRun("gaussian", _ctx(), 0).keys
+    swept = pipeline.PriorRun("gaussian", _ctx(eval=dataclasses.replace(STUDY_PRESETS["smoke"]["eval"],
+                                                                         cfg_scales=(2.0, 1.0))), 0).keys
+    assert "guidance" not in plain and swept == {**plain, "guidance": swept["guidance"]}
+
+    def guidance_key(**ev):
+        return pipeline.PriorRun("gaussian", _ctx(eval=dataclasses.replace(STUDY_PRESETS["smoke"]["eval"], **ev)),
+                                 0).keys["guidance"]
+    assert guidance_key(cfg_scales=(1, 2)) == swept["guidance"]  # one order: scales are kept sorted
+    assert guidance_key(cfg_scales=(1, 2), structure_n=100) == swept["guidance"]  # not read by the sweep
+    assert guidance_key(cfg_scales=(1, 2), batch=7) == swept["guidance"]  # changes no number
+    for change in (dict(cfg_scales=(1, 3)), dict(cfg_scales=(1, 2), gfid_n=40), dict(cfg_scales=(1, 2), seeds=(3, 4)),
+                   dict(cfg_scales=(1, 2), sample_steps=3), dict(cfg_scales=(1, 2), ref_n=40)):
+        assert guidance_key(**change) != swept["guidance"], change
+    vae = pipeline.PriorRun("vae", _ctx(eval=dataclasses.replace(STUDY_PRESETS["smoke"]["eval"], cfg_scales=(1.0,))), 0)
+    assert set(vae.keys) == {"prior", "dmvae", "generator", "evaluate", "guidance"}
+
+
+def test_cfg_scales_is_left_out_of_the_config_hash_at_its_default():
+    from bench.config import config_hash, neutral_keys
+
+    cfg = resolve(StudyConfig, STUDY_PRESETS, "smoke")
+    swept = resolve(StudyConfig, STUDY_PRESETS, "smoke", None, ["eval.cfg_scales=3,1,1.5"])
+    assert "eval.cfg_scales" in neutral_keys(cfg) and "eval.cfg_scales" not in neutral_keys(swept)
+    assert swept.eval.cfg_scales == (1.0, 1.5, 3.0) and config_hash(swept) != config_hash(cfg)
+
+
 # ------------------------------------------------------------------------------ aggregate over training seeds
 def _stats(mmd2):
     return {"mmd2": mmd2, "sliced_w2": 10 * mmd2, "c2st_acc": 0.5 + mmd2, "n": 64, "n_ref": 64}
@@ -537,6 +628,41 @@ def test_aggregate_one_training_seed_keeps_the_sampling_spread():
     assert all(row["spread"][k] is None for k in ("rfid", "psnr", "ssim", "gfid"))
     assert row["matching"] is None and row["converged"] == {"all": False, "rule": "converged if ...",
                                                           "per_training_seed": {"0": None}}
+
+
+def _sweep(gfids: dict[float, float], per_class: list | None = None) -> dict:
+    """One training seed's guidance record (bench/study/guidance.py) with made-up numbers."""
+    return {"scales": sorted(gfids), "table1_scale": 1.0, "n": 50, "seeds": [0, 1], "k": 3,
+            "per_scale": [{"scale": w, "gfid": {"mean": g, "std": 1.0}, "precision": {"mean": 0.5, "std": 0.1},
+                           "recall": {"mean": 0.4, "std": 0.2}, "per_seed": [],
+                           "per_class_fid": per_class or [g, g + 1.0]} for w, g in sorted(gfids.items())],
+            "per_class": {"seed": 0, "names": ["a", "b"], "n": [25, 25], "n_ref": [25, 25], "n_floor": [25, 25],
+                          "floor": [5.0, 6.0]}}
+
+
+def test_aggregate_pools_the_guidance_sweep_per_scale_over_the_seeds_that_swept_it():
+    from bench.study.aggregate import aggregate_guidance
+
+    per = {"0": _seed_entry(0, 10.0, 20.0, 0.5, 30.0, 1.0, 0.01, True), "1": _seed_entry(1, 10.0, 20.0, 0.5, 34.0, 1.0,
+                                                                                          0.01, True)}
+    per["0"]["guidance"] = _sweep({1.0: 30.0, 2.0: 20.0}, per_class=[40.0, None])
+    per["1"]["guidance"] = _sweep({1.0: 34.0, 3.0: 18.0}, per_class=[44.0, 50.0])  # merged: another set of scales
+    row = aggregate(per)
+    g = row["guidance"]
+    assert g["scales"] == [1.0, 2.0, 3.0] and g["training_seeds"] == [0, 1] and g["per_class"] == per["0"]["guidance"][
+        "per_class"]
+    at1, at2, at3 = g["per_scale"]
+    assert at1["training_seeds"] == [0, 1] and at1["gfid"]["mean"] == pytest.approx(32.0)
+    assert at1["gfid"]["std"] == pytest.approx(math.sqrt(8)) == at1["gfid"]["training_std"]
+    assert at1["gfid"]["spread"] == "training seeds" and at1["gfid"]["sampling_std"] == 1.0
+    assert at1["per_class_fid"] == [42.0, None]  # a class one seed could not measure has no mean
+    assert at2["training_seeds"] == [0] and at2["gfid"] == {"mean": 20.0, "std": 1.0, "training_std": None,
+                                                           "sampling_std": 1.0,
+                                                           "spread": "sampling seeds (one training seed)"}
+    assert at3["training_seeds"] == [1] and at3["precision"]["mean"] == 0.5 and at3["recall"]["std"] == 0.2
+    assert row["gfid"]["mean"] == pytest.approx(32.0)  # Table 1 itself is untouched by the sweep
+    assert aggregate_guidance({}) is None and "guidance" not in aggregate({"0": _seed_entry(0, 1, 2, 0.5, 3, 1, 0.1,
+                                                                                            True)})
 
 
 # ------------------------------------------------------------------ results as data, merged runs

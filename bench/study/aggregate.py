@@ -22,7 +22,7 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
     seeds = sorted(per_seed, key=int)
     rows = [per_seed[s] for s in seeds]
     first = rows[0]
-    out = {k: v for k, v in first.items() if k not in (*SCALARS, "gfid", "kid", "matching", "converged")}
+    out = {k: v for k, v in first.items() if k not in (*SCALARS, "gfid", "kid", "matching", "converged", "guidance")}
     spread = {}
     for k in SCALARS:
         out[k], spread[k] = _mean_std([r[k] for r in rows])
@@ -48,7 +48,47 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
                            "mean_over": "training seeds"}
     else:
         out["matching"] = None
+    guidance = aggregate_guidance({s: r["guidance"] for s, r in zip(seeds, rows) if r.get("guidance")})
+    if guidance:
+        out["guidance"] = guidance
     return out
+
+
+def _pooled(values: list[float], sampling_stds: list[float]) -> dict:
+    """A per-training-seed mean pooled as Table 1's gFID is: the std over training seeds, or with one
+    seed the sampling std."""
+    mean, train = _mean_std(values)
+    sampling = float(np.mean(sampling_stds))
+    return {"mean": mean, "std": train if train is not None else sampling,
+            "spread": "training seeds" if train is not None else "sampling seeds (one training seed)",
+            "training_std": train, "sampling_std": sampling}
+
+
+def _mean_per_class(per_seed: list[list]) -> list:
+    """Per class, the mean over training seeds (None where a seed has no value for the class)."""
+    return [None if any(v is None for v in vals) else float(np.mean(vals)) for vals in zip(*per_seed)]
+
+
+def aggregate_guidance(sweeps: dict[str, dict]) -> dict | None:
+    """The guidance sweep (bench/study/guidance.py) pooled over {training seed: its sweep}, the seeds that ran
+    one: per scale, over the seeds that swept that scale (merged runs may have swept different scales).
+    The per-class counts and floors are the first seed's (real images: the same for every training seed)."""
+    if not sweeps:
+        return None
+    seeds = sorted(sweeps, key=int)
+    first = sweeps[seeds[0]]
+    per_scale = []
+    for w in sorted({row["scale"] for g in sweeps.values() for row in g["per_scale"]}):
+        at = {s: row for s in seeds for row in sweeps[s]["per_scale"] if row["scale"] == w}
+        rows = list(at.values())
+        per_scale.append({"scale": w, **{m: _pooled([r[m]["mean"] for r in rows], [r[m]["std"] for r in rows])
+                                         for m in ("gfid", "precision", "recall")},
+                          "per_class_fid": _mean_per_class([r["per_class_fid"] for r in rows]),
+                          "training_seeds": [int(s) for s in at]})
+    return {"scales": [r["scale"] for r in per_scale], "table1_scale": first["table1_scale"], "n": first["n"],
+            "seeds": first["seeds"], "k": first["k"], "per_scale": per_scale, "per_class": first["per_class"],
+            "training_seeds": [int(s) for s in seeds], "over": "training seeds (sample std, ddof 1); with one "
+                                                                "training seed the std is over the sampling seeds"}
 
 
 def finish_prior(entry: dict) -> None:

@@ -19,13 +19,14 @@ the real-vs-real floor at the same N is reported beside it, and only equal N com
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEACHER_PRESETS, DMVAEConfig,
                          GeneratorConfig, PretrainConfig, TeacherConfig)
 
 from bench.compute import ComputeConfig
-from bench.config import SettingError, require
+from bench.config import SettingError, added_later, require
 from bench.data import DATASETS
 from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
 from priors.base import FEATURE_SIZES, FEATURE_SOURCES, PriorOptions
@@ -48,6 +49,10 @@ class EvalConfig:
     converged_within: float = 0.05  # the generator "converged" if its last two checkpoints' gFID differ by <= this
     sample_steps: int = 25         # Euler ODE steps
     cfg_scale: float = 1.0         # classifier-free guidance (1: none, as Table 1)
+    cfg_scales: tuple[float, ...] = added_later((), "cfg sweep")  # guidance sweep (bench/study/guidance.py):
+                                   # gFID-N and precision/recall at each scale, per-class FID; its own stage
+                                   # after the evaluation, so adding it to a finished run computes only the
+                                   # sweep; Table 1 stays at cfg_scale. (): no sweep
     shift: float = 1.0             # sampler time shift
     structure_n: int = 1000        # latents for kNN / linear probe / silhouette
     match_n: int = 1000            # held-out latents and p_r draws per matching statistic (and its floor)
@@ -58,6 +63,13 @@ class EvalConfig:
         require(self, positive=("ref_n", "gfid_n", "converged_within", "sample_steps", "shift", "structure_n",
                                 "match_n", "tsne_per_class", "batch"), non_negative=("cfg_scale",),
                 choices={"ref_split": REF_SPLITS})
+        for scale in self.cfg_scales:
+            if not (math.isfinite(scale) and scale >= 0):
+                raise SettingError("cfg_scales", "must be finite guidance scales of 0 or more (1: no guidance), "
+                                   "e.g. 1,1.5,2,3", self.cfg_scales)
+        if len(set(self.cfg_scales)) != len(self.cfg_scales):
+            raise SettingError("cfg_scales", "must not name a scale twice", self.cfg_scales)
+        object.__setattr__(self, "cfg_scales", tuple(sorted(map(float, self.cfg_scales))))  # one form: one stage key
         if len(self.seeds) < 2:
             raise ValueError("eval.seeds needs at least two sampling seeds (gFID is reported as mean and std)")
         if not 0 < self.convergence_n <= self.gfid_n:

@@ -52,7 +52,8 @@ def finite_or_raise(obj, where: str = "results"):
     return obj
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample std (ddof 1; 0 for one value) of per-sampling-seed numbers."""
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
@@ -81,8 +82,7 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
     Also returns the first `keep` images of the first seed (the sample grid shows the very samples
     that were scored).
     """
-    sample = dict(steps=cfg.sample_steps, cfg=cfg.cfg_scale, decoder=decoder, norm=norm, batch_size=cfg.batch,
-                  shift=cfg.shift)
+    sample = sampling(cfg, decoder, norm, cfg.cfg_scale)
     per_seed, first_feats, kept = [], None, None
     for s in cfg.seeds:
         t0 = time.time()
@@ -106,13 +106,19 @@ def generation(model, checkpoints: list[dict], decoder, norm, num_classes: int, 
     last = checkpoints[-1]
     convergence.append({"epoch": last["epoch"], "step": last["step"], "fraction": last["fraction"],
                         "gfid": fid.fid_against_reference(first_feats[:cfg.convergence_n], ref)})
-    return {"gfid": {**_mean_std([r["gfid"] for r in per_seed]), "seeds": list(cfg.seeds), "n": cfg.gfid_n},
-            "kid": {**_mean_std([r["kid_mean"] for r in per_seed]), "subset_size": per_seed[0]["subset_size"],
+    return {"gfid": {**mean_std([r["gfid"] for r in per_seed]), "seeds": list(cfg.seeds), "n": cfg.gfid_n},
+            "kid": {**mean_std([r["kid_mean"] for r in per_seed]), "subset_size": per_seed[0]["subset_size"],
                     "subsets": per_seed[0]["subsets"]},
-            "precision_recall": {"precision": _mean_std([r["precision"] for r in per_seed]),
-                                 "recall": _mean_std([r["recall"] for r in per_seed]), "k": fid.PR_K},
+            "precision_recall": {"precision": mean_std([r["precision"] for r in per_seed]),
+                                 "recall": mean_std([r["recall"] for r in per_seed]), "k": fid.PR_K},
             "per_seed": per_seed, "convergence": convergence, "convergence_n": cfg.convergence_n,
             "converged": converged(convergence, cfg.converged_within)}, kept
+
+
+def sampling(cfg: EvalConfig, decoder, norm, scale: float) -> dict:
+    """generate()'s keyword arguments of the gFID samples at CFG `scale` (Table 1: cfg.cfg_scale; the guidance
+    sweep, bench/study/guidance.py: each of cfg.cfg_scales): one sampler convention for both."""
+    return dict(steps=cfg.sample_steps, cfg=scale, decoder=decoder, norm=norm, batch_size=cfg.batch, shift=cfg.shift)
 
 
 def converged(curve: list[dict], within: float) -> dict:

@@ -1,12 +1,15 @@
 """One prior and one training seed, top to bottom: `run_prior` is the order of the method.
 
     prior p_r -> teacher S_real (+ p_r's LatentNorm) -> encoder start -> DM stage -> generator -> evaluation
+                                                                                      [-> guidance sweep]
 
 Every step is a stage, computed once and then loaded from its content-addressed folder (stages.py).
 The vae row replaces teacher/start/DM by the KL baseline (bench/dmvae/vae_baseline.py); its prior is
 still built, for the reference latents of the structure metrics. The prior is shared by the training
 seeds (its key has no training seed); every later stage has one folder per training seed. Stages are
-lazy: when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds.
+lazy: when the evaluation is finished nothing upstream is loaded, so a cached re-run costs seconds. The
+guidance sweep (eval.cfg_scales, bench/study/guidance.py) is a stage of its own after the evaluation,
+keyed on the generator and the settings it reads: adding it to a finished run computes only the sweep.
 `PriorRun` says what a run is (config, prior, stage keys) and reads its finished records; it trains nothing.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from bench.dmvae.latent_source import EncodeOnTheFly, cache_latents
 from bench.metrics import matching
 from bench.progress import Progress
 from bench.study import evaluate as E
+from bench.study import guidance as G
 from bench.study.stages import PriorStages, stage_key
 from priors.base import NET_KINDS, PriorSettings
 from priors.registry import get_prior
@@ -154,11 +158,19 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
         match = None if run.baseline else lambda: _matching(run, ctx, prior(), teacher(), start(), tokenizer()[0])
         return _evaluate(run, ctx, prior(), tokenizer(), generator(), match)
 
+    # 7. The guidance sweep (eval.cfg_scales): Table 1's samples at each CFG scale, per-class FID.
+    def guide(_resume):
+        return None, _guidance(run, ctx, tokenizer(), generator())
+
+    sweep = "guidance" in run.keys
     if D.world_size() > 1:
         upstream = (prior, tokenizer, generator) if run.baseline else (prior, teacher, start, tokenizer, generator)
-        return _evaluate_on_rank0(run, stages, evaluate, upstream)
-    state, record = stages.run("evaluate", evaluate)
-    return record, state
+        figures, record = _on_rank0(run, stages, "evaluate", evaluate, upstream)
+        guided = _on_rank0(run, stages, "guidance", guide, (tokenizer, generator))[1] if sweep else None
+    else:
+        figures, record = stages.run("evaluate", evaluate)
+        guided = stages.run("guidance", guide)[1] if sweep else None
+    return ({**record, "guidance": _strip_stage_fields(guided)} if sweep else record), figures
 
 
 class PriorRun:
@@ -195,8 +207,11 @@ class PriorRun:
             k["dmvae"] = stage_key("vae-baseline", _asdict(c.dmvae), _asdict(c.pretrain), self.latent_shape, images,
                                    data_fp)
         k["generator"] = stage_key("generator", k["dmvae"], _asdict(c.generator), *cx["generator"])
-        k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], _asdict(c.eval), c.seed,
-                                  EVALUATE_VERSION)
+        evaluation = {s: v for s, v in _asdict(c.eval).items() if s != "cfg_scales"}  # the sweep: its own stage
+        k["evaluate"] = stage_key("evaluate", k["generator"], k["prior"], evaluation, c.seed, EVALUATE_VERSION)
+        if c.eval.cfg_scales:
+            k["guidance"] = stage_key("guidance", k["generator"], {s: getattr(c.eval, s) for s in G.KEY_SETTINGS},
+                                      c.seed, G.VERSION)
         self.keys = k
 
     def record(self, stage: str) -> dict:
@@ -316,23 +331,41 @@ def _evaluate(run: PriorRun, ctx, prior, tokenizer, generator, match) -> tuple[d
     return figures, record
 
 
-def _evaluate_on_rank0(run: PriorRun, stages: PriorStages, evaluate, upstream) -> tuple[dict, dict]:
-    """Under torchrun: every rank loads (or trains, collectively) the upstream stages, then rank 0 evaluates
-    alone (samples are seeded per index, so the numbers do not depend on the world size) and the other
-    ranks read its record."""
+def _guidance(run: PriorRun, ctx, tokenizer, generator) -> dict:
+    """The guidance sweep's record (bench/study/guidance.py) of the trained tokenizer's decoder and generator."""
+    ev = run.cfg.eval
+    model, _, gen_record = generator
+    real = G.RealSets(ctx.reference, ctx.held_out[1], ctx.floor_features, ctx.floor_images[1],
+                      ctx.data.train.class_names)
+    ctx.log(f"[{run.name}] guidance sweep: CFG {', '.join(f'{w:g}' for w in ev.cfg_scales)}, gFID-{ev.gfid_n} x "
+            f"{len(ev.seeds)} seeds each, per-class FID")
+    progress = Progress(len(ev.cfg_scales) * len(ev.seeds) * ev.gfid_n, f"[{run.name} seed {run.tseed}] guidance",
+                        ctx.log, every=30.0)
+    return G.sweep(model, tokenizer[1], LatentNorm.from_dict(gen_record["norm"]), ctx.data.num_classes, real, ev,
+                   ctx.cache, log=ctx.log, progress=progress)
+
+
+def _strip_stage_fields(record: dict) -> dict:
+    """A stage record as results.json carries it: without the stage store's bookkeeping (its time is in timings)."""
+    return {k: v for k, v in record.items() if k not in ("key", "stage", "finished", "seconds")}
+
+
+def _on_rank0(run: PriorRun, stages: PriorStages, stage: str, compute, upstream) -> tuple[dict, dict]:
+    """Under torchrun: every rank loads (or trains, collectively) the upstream stages, then rank 0 computes
+    `stage` (the evaluation, the guidance sweep) alone (samples are seeded per index, so the numbers do not
+    depend on the world size) and the other ranks read its (state, record)."""
     store = stages.store
-    if store.load(run.name, "evaluate", run.keys["evaluate"], tensors=False) is not None:
-        state, record = stages.run("evaluate", evaluate, collective=False)  # finished: every rank loads it
-        return record, state
-    for stage in upstream:
-        stage()  # collective: barriers inside
+    if store.load(run.name, stage, run.keys[stage], tensors=False) is not None:
+        return stages.run(stage, compute, collective=False)  # finished: every rank loads it
+    for up in upstream:
+        up()  # collective: barriers inside
     try:
         if D.rank() == 0:
-            stages.run("evaluate", evaluate, collective=False)
+            stages.run(stage, compute, collective=False)
     finally:
         D.barrier()
-    store.recomputed.add((run.name, "evaluate"))  # rank 0's fresh output, also if forced
-    hit = store.load(run.name, "evaluate", run.keys["evaluate"])
+    store.recomputed.add((run.name, stage))  # rank 0's fresh output, also if forced
+    hit = store.load(run.name, stage, run.keys[stage])
     if hit is None:
-        raise RuntimeError("evaluation failed on rank 0 (see its message)")
-    return hit[1], hit[0]
+        raise RuntimeError(f"{stage} failed on rank 0 (see its message)")
+    return hit

@@ -9,10 +9,14 @@ results.json (SCHEMA_VERSION):
   priors.<name>: status ("ok" | "pending" | "running" | "failed") and reason;
         per_training_seed {seed: rfid, psnr, ssim, gfid {mean, std over sampling seeds}, kid, precision_recall,
             convergence [{epoch, gfid}], converged {converged, rule}, matching {before, after, floor,
-            teacher_samples, reached, rule}, dm_curve, structure, generator_norm, timings, ...};
+            teacher_samples, reached, rule}, dm_curve, structure, generator_norm, timings, ...,
+            guidance (only with eval.cfg_scales: bench/study/guidance.py) {scales, table1_scale, n, seeds,
+            per_scale [{scale, gfid, precision, recall {mean, std}, per_seed, per_class_fid [per class]}],
+            per_class {seed, names, n, n_ref, n_floor, floor [per class]}}};
         the aggregate over training seeds (aggregate.py): rfid, psnr, ssim (means), spread {metric: std},
         gfid {mean, std, spread, training_std, sampling_std, n, seeds, training_seeds}, kid, converged {all},
         matching {reached_all, before/after/floor/teacher_samples means}, timings {stage: own seconds, summed},
+        guidance (when a seed has it) {per_scale [{scale, gfid/precision/recall {mean, std, ...}, per_class_fid}]},
         and the first seed's structure, convergence, figure_data {tsne, recon_grid, sample_grid} (files)
 results.csv beside it: the same numbers as tidy rows, one per (prior, training seed, metric) (reports/data.py).
 A failure (NaN/Inf in training, missing weights, any crash) in one prior marks it failed with the
@@ -37,6 +41,7 @@ from bench.errors import UserError
 from bench.io import atomic_write_json, atomic_write_png, environment, written_under
 from bench.metrics import fid
 from bench.study import evaluate as E
+from bench.study import guidance as G
 from bench.study.aggregate import finish_prior
 from reports.data import metric_directions, write_csv
 from bench.study.config import StudyConfig
@@ -84,13 +89,22 @@ class Context:
         return E.held_out(split, min(n, len(split)), self.cfg.seed + 2)
 
     @cached_property
+    def floor_images(self):
+        """N = gfid_n class-balanced real train images: the floor of gFID-N (and, per class, of per-class FID)."""
+        return E.held_out(self.data.train, min(self.cfg.eval.gfid_n, len(self.data.train)), self.cfg.seed + 3)
+
+    @cached_property
+    def floor_features(self):
+        """Inception features of floor_images (cached by content, like the reference)."""
+        return fid.reference(self.floor_images[0], self.cache, self.cfg.eval.batch)["features"]
+
+    @cached_property
     def floors(self) -> dict | None:
         """FID between N real train images and the held-out reference: what gFID-N reads for perfect samples."""
         ev = self.cfg.eval
         if D.rank() != 0:
             return None
-        x, _ = E.held_out(self.data.train, min(ev.gfid_n, len(self.data.train)), self.cfg.seed + 3)
-        feats = fid.reference(x, self.cache, ev.batch)["features"]  # cached by content, like the reference
+        x, feats = self.floor_images[0], self.floor_features
         return {"fid_real_vs_real": {"value": fid.fid_against_reference(feats, self.reference), "n": len(x),
                                      "images": "class-balanced train images vs the held-out reference statistics",
                                      "compare_with": f"gFID-{ev.gfid_n} (same N); rFID uses N = {ev.ref_n}"}}
@@ -129,7 +143,9 @@ def _meta(cfg: StudyConfig, priors: list[str], cache: Cache, command: dict, abla
             "seeds": {"study": cfg.seed, "teacher": cfg.teacher.seed, "pretrain": cfg.pretrain.seed,
                       "dmvae": cfg.dmvae.seed, "generator": cfg.generator.seed, "sampling": list(cfg.eval.seeds)},
             "weights": {"inception": fid.inception.weights_record(cache)},
-            "evaluation": E.settings(cfg.eval, cache), "feature_source": {}, "provenance": {}, "stage_keys": {}}
+            "evaluation": {**E.settings(cfg.eval, cache),
+                           **({"guidance": G.settings(cfg.eval)} if cfg.eval.cfg_scales else {})},
+            "feature_source": {}, "provenance": {}, "stage_keys": {}}
 
 
 def _previous(out: Path, cfg_hash: str) -> dict:
@@ -209,6 +225,8 @@ def _prior_entry(run: PriorRun, record: dict) -> dict:
              "encoder_start": hist.get("start"), "loss_terms": hist.get("loss_terms"),
              "regulariser": hist.get("regulariser"), "tokenizer_updates": hist.get("tokenizer_updates"),
              "figure_data": _figure_files(run.name)}
+    if record.get("guidance"):  # the CFG sweep (eval.cfg_scales, bench/study/guidance.py)
+        entry["guidance"] = record["guidance"]
     E.finite_or_raise(entry, f"priors.{run.name}")
     return entry
 

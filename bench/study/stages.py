@@ -26,7 +26,8 @@ from bench.checkpoint import load_state, save_state
 from bench.io import atomic_write_json
 
 STAGE_VERSION = 1  # bump when what a stage computes changes
-ORDER = ("prior", "teacher", "start", "dmvae", "generator", "evaluate")  # the vae row: dmvae = KL baseline
+ORDER = ("prior", "teacher", "start", "dmvae", "generator", "evaluate", "guidance")  # the vae row: dmvae = KL
+# baseline; guidance: the CFG sweep, only when eval.cfg_scales names scales
 
 
 def stage_key(stage: str, *parts) -> str:
