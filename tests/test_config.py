@@ -1,7 +1,8 @@
-"""The config path's rule for settings added after run folders existed (bench/config.py added_later)."""
+"""The config path's rules for settings that do not count: added after run folders existed (bench/config.py
+added_later), and never hashed at all (not_hashed: experiment logging)."""
 from dataclasses import dataclass, field
 
-from bench.config import added_later, config_hash, keyed_dict, neutral_keys
+from bench.config import added_later, config_hash, keyed_dict, neutral_keys, not_hashed, to_dict
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,27 @@ def test_added_settings_count_once_set():
     assert neutral_keys(flipped) == ["scales"]
     assert config_hash(flipped) != config_hash(_After())
     assert keyed_dict(_After(scales=(1.0, 2.0)))["scales"] == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------------------ not_hashed
+@dataclass(frozen=True)
+class _Watch:
+    board: bool = False
+    every: int = 10
+
+
+@dataclass(frozen=True)
+class _Watched:  # _After with a not_hashed section and a not_hashed setting
+    inner: _Inner = field(default_factory=_Inner)
+    n: int = 3
+    scales: tuple[float, ...] = added_later((), "test")
+    watch: _Watch = not_hashed(default_factory=_Watch)
+    label: str = not_hashed("")
+
+
+def test_not_hashed_settings_never_count_whatever_their_value():
+    for cfg in (_Watched(), _Watched(watch=_Watch(board=True, every=3), label="mine")):
+        assert neutral_keys(cfg) == ["inner.flip", "scales", "watch", "label"]
+        assert config_hash(cfg) == config_hash(_Before())
+        assert keyed_dict(cfg) == {"inner": {"steps": 10}, "n": 3}
+    assert to_dict(_Watched(label="mine"))["label"] == "mine"  # still resolved and shown
