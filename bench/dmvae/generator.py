@@ -40,6 +40,7 @@ from bench.core.flow import TimeSampler, sample_ode
 from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
+from bench.tracking import Tracker
 from bench.training import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
@@ -98,12 +99,14 @@ def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:
 
 def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
                     checkpoint: str | None = None, checkpoint_every: int = 0,
-                    compute: ComputeConfig | None = None) -> tuple[nn.Module, list[dict], dict]:
+                    compute: ComputeConfig | None = None,
+                    track: Tracker | None = None) -> tuple[nn.Module, list[dict], dict]:
     """Flow matching on normalised latents (N, C, h, w) with labels (N,).
 
     Returns the final EMA model (eval), the checkpoints [{fraction, step, epoch, state_dict}]
     (EMA weights, CPU tensors) and a history {losses, seconds, img_per_s, config}. `checkpoint`
-    (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
+    (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py);
+    `track` the experiment logs (bench/tracking.py; off by default).
     The latents are encoded once before this (cached; see bench/study/pipeline.py), not per batch.
     """
     torch.manual_seed(cfg.seed)
@@ -119,16 +122,19 @@ def train_generator(latents: torch.Tensor, labels: torch.Tensor, num_classes: in
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
     checkpoints, rows, window = extra.get("checkpoints", []), extra.get("rows", []), extra.get("window", [])
-    with cx.session():
+    track = track or Tracker()
+    with cx.session(), track.session(first, cfg.steps, cfg.batch):
         t0 = time.time()
         for step in range(first, cfg.steps):
             idx = shard_batch(torch.randint(len(latents), (cfg.batch,), generator=g))  # same global batch on all ranks
             model = net if meter.counting() else fwd  # the counted step runs eagerly
             with meter.step():
-                loss = flow_matching_step(net, ema, opt, cx.fetch(latents, idx), cx.fetch(labels, idx), times, cfg,
-                                          step, noise, "generator stage", model=model, autocast=cx.autocast)
+                loss, grad_norm = flow_matching_step(net, ema, opt, cx.fetch(latents, idx), cx.fetch(labels, idx),
+                                                     times, cfg, step, noise, "generator stage", model=model,
+                                                     autocast=cx.autocast)
             window.append(loss)
             done = step + 1
+            track.step(done, loss=loss, lr=opt.param_groups[0]["lr"], grad_norm=grad_norm)
             if done in keep:
                 checkpoints.append({"fraction": done / cfg.steps, "step": done,
                                     "epoch": done * cfg.batch / len(latents),
