@@ -139,12 +139,24 @@ def added_later(default, since: str):
     return dataclasses.field(default=default, metadata={"added_later": since})
 
 
+def not_hashed(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING):
+    """A setting, or a whole section, that changes no number: how a run is watched (experiment logging),
+    not what it computes. Whatever its value, it is left out of the config hash, the stage keys
+    (keyed_dict) and the comparison of merged runs (listed in results.json meta.config_neutral), so
+    turning it on or off reuses every finished stage and pools with every other run. It is still
+    resolved, checked and shown like any setting (--set, --dry-run, meta.config)."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"not_hashed": True})
+
+
 def neutral_keys(cfg, prefix: str = "") -> list[str]:
-    """Dotted names of the added_later settings of cfg (recursively) that are at their neutral default."""
+    """Dotted names of the settings of cfg (recursively) that do not count: every not_hashed setting or
+    section, and the added_later settings at their neutral default."""
     out = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
+        if "not_hashed" in f.metadata:
+            out.append(f"{prefix}{f.name}")
+        elif dataclasses.is_dataclass(value):
             out += neutral_keys(value, f"{prefix}{f.name}.")
         elif "added_later" in f.metadata and value == f.default:
             out.append(f"{prefix}{f.name}")
@@ -165,12 +177,12 @@ def drop_keys(d: dict, dotted: list[str]) -> dict:
 
 
 def keyed_dict(cfg) -> dict:
-    """The config as it enters hashes and stage keys: to_dict without the neutral added_later settings."""
+    """The config as it enters hashes and stage keys: to_dict without the neutral settings (neutral_keys)."""
     return drop_keys(to_dict(cfg), neutral_keys(cfg))
 
 
 def config_hash(cfg) -> str:
-    """A short content hash of the resolved config (sorted-key JSON, neutral added_later settings left out)."""
+    """A short content hash of the resolved config (sorted-key JSON, neutral settings left out)."""
     blob = json.dumps(keyed_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

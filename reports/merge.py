@@ -65,7 +65,8 @@ ROW_KEYS = ("training_seeds", "priors", "eval.cfg_scales")
 def _compared(meta: dict) -> dict:
     """The config as merged runs compare it: without the settings a later version added that are at
     their neutral default (meta.config_neutral, bench/config.py added_later), so a run written before
-    a setting existed pools with one written after, as long as the setting is left at that default."""
+    a setting existed pools with one written after, as long as the setting is left at that default;
+    and without the settings that are never hashed (not_hashed: experiment logging), whatever their value."""
     return drop_keys(meta["config"], meta.get("config_neutral") or [])
 
 

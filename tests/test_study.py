@@ -290,6 +290,23 @@ def test_guidance_sweep_added_to_a_finished_run_computes_only_the_sweep(study, c
     assert "guidance" in json.loads((out / "results.json").read_text())["priors"]["gaussian"]["cached"]
 
 
+@pytest.mark.slow  # the module's smoke study (a few minutes on 2 cores)
+def test_experiment_logs_come_from_the_stages_trained_in_this_run(study, cache, tmp_path):
+    """With log.tensorboard on, the finished stages are still found (logging is never hashed) and write
+    nothing; the one stage trained now writes its event files, and no number changes."""
+    out, _, first, _ = study
+    shutil.copytree(out / "stages", tmp_path / "stages")
+    assert main([*FAST, "--priors", "gaussian", "--out", str(tmp_path), "--cache-dir", cache, "--force", "generator",
+                 "--set", "log.tensorboard=true", "--set", "log.every=5"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    board = tmp_path / "tensorboard"
+    assert sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*")) == [
+        "gaussian/seed0/generator"]
+    assert {"teacher", "start", "dmvae"} <= set(res["priors"]["gaussian"]["cached"])
+    assert res["priors"]["gaussian"]["gfid"] == first["priors"]["gaussian"]["gfid"]
+    assert res["meta"]["config"]["log"]["tensorboard"] is True and "log" in res["meta"]["config_neutral"]
+
+
 @pytest.mark.parametrize("preset", list(STUDY_PRESETS))
 def test_dry_run_prints_each_preset(preset, capsys):
     assert main(["--preset", preset, "--priors", "gaussian,dino", "--dry-run", "--set", "generator.steps=7"]) == 0

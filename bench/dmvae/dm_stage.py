@@ -44,6 +44,7 @@ from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noise, warmup_lr
 from bench.dmvae.start import Start
 from bench.dmvae.tokenizer_update import TokenizerUpdate
+from bench.tracking import Tracker
 from bench.training import check_finite, log_progress
 
 
@@ -101,14 +102,15 @@ def encode(encoder: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.
 
 def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Module, norm: LatentNorm,
                 cfg: DMVAEConfig, start: Start, probe=None, checkpoint: str | None = None,
-                checkpoint_every: int = 0, compute: ComputeConfig | None = None
+                checkpoint_every: int = 0, compute: ComputeConfig | None = None, track: Tracker | None = None
                 ) -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     """The DM stage on train images (N, c, R, R) in [-1, 1] with labels (N,), from `start`.
 
     `probe` = (held-out images, Matcher on p_r draws in normalised space) gives the curve.
     Returns the EMA encoder and decoder (eval), S_fake, and a history dict (losses, curve, settings,
     throughput). `checkpoint` (a path stem) makes the loop resumable (loop.py); `compute` the GPU
-    settings (bench/compute.py: autocast covers the encoder, decoder, both score nets and the losses).
+    settings (bench/compute.py: autocast covers the encoder, decoder, both score nets and the losses);
+    `track` the experiment logs (bench/tracking.py; off by default).
     """
     if (s_real.in_channels, s_real.input_size, s_real.input_size) != tuple(prior.latent_shape):
         raise ValueError(f"S_real works on latents {(s_real.in_channels, s_real.input_size)} but the prior's "
@@ -146,12 +148,13 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
             return "S_fake only"
         return "tokenizer turn + D" if tok.recon.gan_active(it) else "tokenizer turn"
 
-    with cx.session():
+    track = track or Tracker()
+    with cx.session(), track.session(first, cfg.steps, cfg.batch):
         t0 = time.time()
         for it in range(first, cfg.steps):
             idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
             x, y = cx.fetch(images, idx), cx.fetch(labels, idx)
-            logs, step_kind = {}, kind(it)
+            logs, grad_norm, step_kind = {}, {}, kind(it)
             real, fake = (s_real, s_fake) if meter.counting(step_kind) else compiled  # counted: eager
             with meter.step(step_kind):
                 # ---- 1. the tokenizer turn, every k-th iteration: L_rec + lambda_DM * loss_DM, then D
@@ -162,7 +165,8 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
                         loss_dm = dm_loss(real, fake, z_n, y, dm_times, cfg.dm_cfg, generator=noise)
                     check_finite(loss_dm, it, "DM stage: DM loss")
                     logs["dm"] = loss_dm.item()
-                    tok.step(x, z, cfg.dm_weight * loss_dm, it, warmup_lr(it, cfg.lr, cfg.warmup), noise, logs)
+                    grad_norm["tokenizer"] = tok.step(x, z, cfg.dm_weight * loss_dm, it,
+                                                      warmup_lr(it, cfg.lr, cfg.warmup), noise, logs)
                     z_n = z_n.detach()
                 else:
                     with torch.no_grad(), cx.autocast():
@@ -177,7 +181,7 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
                 opt_f.zero_grad(set_to_none=True)
                 loss_f.backward()
                 average_gradients(s_fake.parameters())
-                nn.utils.clip_grad_norm_(s_fake.parameters(), cfg.grad_clip)
+                grad_norm["s_fake"] = nn.utils.clip_grad_norm_(s_fake.parameters(), cfg.grad_clip)
                 opt_f.step()
             logs["fake"] = loss_f.item()
 
@@ -185,6 +189,8 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
             for k, v in logs.items():
                 window[k].append(v)
             done = it + 1
+            track.step(done, loss=logs, grad_norm=grad_norm,
+                       lr={"tokenizer": tok.opt.param_groups[0]["lr"], "s_fake": opt_f.param_groups[0]["lr"]})
             if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
                 rows.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()},
                              "seconds": round(time.time() - t0, 2)})

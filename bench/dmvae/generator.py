@@ -46,6 +46,7 @@ from bench.dmvae.dm_stage import encode
 from bench.dmvae.latent_norm import LatentNorm
 from bench.dmvae.latent_source import SOURCES, CachedLatents, flip_coins
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
+from bench.tracking import Tracker
 from bench.training import log_progress
 
 SEED_STRIDE = 1_000_003  # noise of sample i: Generator().manual_seed(seed * SEED_STRIDE + i)
@@ -107,14 +108,16 @@ def checkpoint_steps(cfg: GeneratorConfig) -> list[int]:
 
 def train_generator(latents, labels: torch.Tensor, num_classes: int, cfg: GeneratorConfig,
                     checkpoint: str | None = None, checkpoint_every: int = 0,
-                    compute: ComputeConfig | None = None) -> tuple[nn.Module, list[dict], dict]:
+                    compute: ComputeConfig | None = None,
+                    track: Tracker | None = None) -> tuple[nn.Module, list[dict], dict]:
     """Flow matching on normalised latents with labels (N,): `latents` is a latent source
     (latent_source.py: cached, with or without the mirrored images' latents, or encoded on the fly)
     or a plain tensor (N, C, h, w), taken as cached latents without flip.
 
     Returns the final EMA model (eval), the checkpoints [{fraction, step, epoch, state_dict}]
     (EMA weights, CPU tensors) and a history {losses, seconds, img_per_s, config}. `checkpoint`
-    (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
+    (a path stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py);
+    `track` the experiment logs (bench/tracking.py; off by default).
     The study encodes them once before this (bench/study/pipeline.py); with cfg.flip every step mirrors
     the rows that flip_coins(seed, step) picks. cfg.latents is read by the caller that builds the source.
     """
@@ -132,18 +135,20 @@ def train_generator(latents, labels: torch.Tensor, num_classes: int, cfg: Genera
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
     checkpoints, rows, window = extra.get("checkpoints", []), extra.get("rows", []), extra.get("window", [])
-    with cx.session():
+    track = track or Tracker()
+    with cx.session(), track.session(first, cfg.steps, cfg.batch):
         t0 = time.time()
         for step in range(first, cfg.steps):
             idx = shard_batch(torch.randint(len(source), (cfg.batch,), generator=g))  # same global batch on all ranks
             coins = shard_batch(flip_coins(cfg.seed, step, cfg.batch)) if cfg.flip else None
             model = net if meter.counting() else fwd  # the counted step runs eagerly
             with meter.step():
-                loss = flow_matching_step(net, ema, opt, source.batch(idx, coins, cx.fetch), cx.fetch(labels, idx),
-                                          times, cfg, step, noise, "generator stage", model=model,
-                                          autocast=cx.autocast)
+                loss, grad_norm = flow_matching_step(net, ema, opt, source.batch(idx, coins, cx.fetch),
+                                                     cx.fetch(labels, idx), times, cfg, step, noise,
+                                                     "generator stage", model=model, autocast=cx.autocast)
             window.append(loss)
             done = step + 1
+            track.step(done, loss=loss, lr=opt.param_groups[0]["lr"], grad_norm=grad_norm)
             if done in keep:
                 checkpoints.append({"fraction": done / cfg.steps, "step": done,
                                     "epoch": done * cfg.batch / len(source),

@@ -57,12 +57,13 @@ def average_gradients(params) -> None:
 
 
 def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, times: TimeSampler,
-                       cfg, step: int, noise: BatchNoise, where: str, model=None, autocast=None) -> float:
+                       cfg, step: int, noise: BatchNoise, where: str, model=None,
+                       autocast=None) -> tuple[float, torch.Tensor]:
     """One data-parallel flow-matching update of `net` and its EMA (the teacher's and the
     generator's step): cosine lr, averaged and clipped gradients. `cfg` needs steps, lr, warmup,
     label_dropout, grad_clip and ema_decay. `model` (default `net`) is what the loss calls, e.g. the
-    compiled net; `autocast` a context factory for the forward (bench/compute.py). Returns the loss;
-    a non-finite one raises."""
+    compiled net; `autocast` a context factory for the forward (bench/compute.py). Returns the loss
+    (a non-finite one raises) and the gradient norm before clipping (clipping's own, for the logs)."""
     with (autocast or contextlib.nullcontext)():
         loss = flow_matching_loss(model if model is not None else net, x, y, times, cfg.label_dropout, noise)
     check_finite(loss, step, f"{where}: flow-matching loss")
@@ -71,10 +72,10 @@ def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(net.parameters())
-    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     opt.step()
     ema_update(ema, net, cfg.ema_decay)
-    return loss.item()
+    return loss.item(), grad_norm
 
 
 class Resumable:

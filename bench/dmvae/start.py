@@ -33,6 +33,7 @@ from bench.config import require
 from bench.core.conv import Decoder, Encoder
 from bench.dmvae.autoencoder import TokenizerConfig, build_tokenizer
 from bench.dmvae.loop import average_gradients, shard_batch
+from bench.tracking import Tracker
 from bench.training import check_finite, cosine_lr, log_progress
 
 STARTS = ("auto", "plain-ae", "reference-ae")  # auto: reference-ae where the prior has an image encoder
@@ -84,10 +85,11 @@ def resolve_start(requested: str, prior) -> str:
 
 
 def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int], cfg: PretrainConfig,
-                         tokenizer: TokenizerConfig, reference=None, compute: ComputeConfig | None = None) -> Start:
+                         tokenizer: TokenizerConfig, reference=None, compute: ComputeConfig | None = None,
+                         track: Tracker | None = None) -> Start:
     """The plain-AE start; with `reference` (images -> reference latents (N, C, h, w)) the reference-ae start.
 
-    `compute`: the GPU settings (bench/compute.py)."""
+    `compute`: the GPU settings (bench/compute.py); `track`: the experiment logs (bench/tracking.py)."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     device = D.device()
@@ -100,8 +102,8 @@ def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int
     enc, dec = (m.to(device) for m in build_tokenizer(tuple(images.shape[1:]), latent_shape, tokenizer))
     params = [*enc.parameters(), *dec.parameters()]
     opt = cx.adamw(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    logs, meter = {}, cx.meter()
-    with cx.session():
+    logs, meter, track = {}, cx.meter(), track or Tracker()
+    with cx.session(), track.session(0, cfg.steps, cfg.batch):
         t0 = time.time()
         for step in range(cfg.steps):
             pick = shard_batch(torch.randint(len(pool), (cfg.batch,), generator=g))  # same global batch on all ranks
@@ -123,8 +125,9 @@ def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 average_gradients(params)
-                nn.utils.clip_grad_norm_(params, 1.0)
+                grad_norm = nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
+            track.step(step + 1, loss=logs, lr=opt.param_groups[0]["lr"], grad_norm=grad_norm)
             log_progress("encoder start", step, cfg.steps, loss.item(), t0, cfg.log_every if D.rank() == 0 else 0)
         seconds = time.time() - t0
     record = {"kind": "reference-ae" if reference is not None else "plain-ae", "config": asdict(cfg),

@@ -32,6 +32,7 @@ from bench.core.ema import make_ema
 from bench.core.flow import TimeSampler
 from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.dmvae.loop import Resumable, flow_matching_step, shard_batch, step_noise
+from bench.tracking import Tracker
 from bench.training import log_progress
 
 
@@ -71,11 +72,13 @@ TEACHER_PRESETS = {
 
 
 def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoint: str | None = None,
-                  checkpoint_every: int = 0, compute: ComputeConfig | None = None) -> tuple[nn.Module, LatentNorm]:
+                  checkpoint_every: int = 0, compute: ComputeConfig | None = None,
+                  track: Tracker | None = None) -> tuple[nn.Module, LatentNorm]:
     """S_real (the frozen EMA net, eval mode) trained on normalised prior samples, and the LatentNorm.
 
     `stats`, when given, is filled with the final loss, timings and img/s; `checkpoint` (a path
-    stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py).
+    stem) makes the loop resumable (loop.py); `compute` the GPU settings (bench/compute.py); `track`
+    the experiment logs (bench/tracking.py; off by default).
     """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -90,16 +93,18 @@ def train_teacher(prior, cfg: TeacherConfig, stats: dict | None = None, checkpoi
     noise = step_noise(cfg.seed)
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load({"net": net, "ema": ema}, {"opt": opt}, g, noise)
-    losses = extra.get("losses", [])
-    with cx.session():
+    losses, track = extra.get("losses", []), track or Tracker()
+    with cx.session(), track.session(first, cfg.steps, cfg.batch):
         t0 = time.time()
         for step in range(first, cfg.steps):
             z, y = (shard_batch(a) for a in prior.sample(cfg.batch, g))  # the same global batch on every rank
             model = net if meter.counting() else fwd  # the counted step runs eagerly
             with meter.step():
-                loss = flow_matching_step(net, ema, opt, norm.apply(z).to(device), y.to(device), times, cfg, step,
-                                          noise, "teacher (S_real) stage", model=model, autocast=cx.autocast)
+                loss, grad_norm = flow_matching_step(net, ema, opt, norm.apply(z).to(device), y.to(device), times,
+                                                     cfg, step, noise, "teacher (S_real) stage", model=model,
+                                                     autocast=cx.autocast)
             losses.append(loss)
+            track.step(step + 1, loss=loss, lr=opt.param_groups[0]["lr"], grad_norm=grad_norm)
             log_progress("teacher", step, cfg.steps, loss, t0, cfg.log_every if D.rank() == 0 else 0)
             resume.maybe_save(step + 1, cfg.steps, {"net": net, "ema": ema}, {"opt": opt}, g, {"losses": losses},
                               noise)

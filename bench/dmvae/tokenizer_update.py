@@ -44,10 +44,11 @@ class TokenizerUpdate:
         return {"opt": self.opt, **({"opt_d": self.opt_d} if self.opt_d is not None else {})}
 
     def step(self, x: torch.Tensor, z: torch.Tensor, regulariser: torch.Tensor | None, gan_step: int, lr: float,
-             noise, logs: dict) -> None:
+             noise, logs: dict) -> torch.Tensor:
         """L_rec(x, G(z)) (+ regulariser, already weighted) -> one AdamW step of E and G, EMA, then D.
 
-        `z` is E(x) with its graph; `gan_step` is the step the GAN's start is compared with.
+        `z` is E(x) with its graph; `gan_step` is the step the GAN's start is compared with. Returns the
+        gradient norm of E and G before clipping (for the experiment logs, bench/tracking.py).
         """
         with self.compute.autocast():
             rec = self.dec(z)
@@ -62,7 +63,7 @@ class TokenizerUpdate:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.params)
-        nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.opt.step()
         ema_update(self.ema_enc, self.enc, self.ema_decay)
         ema_update(self.ema_dec, self.dec, self.ema_decay)
@@ -75,6 +76,7 @@ class TokenizerUpdate:
             average_gradients(self.recon.disc.parameters())
             self.opt_d.step()
             logs["d"] = loss_d.item()
+        return grad_norm
 
     def finished(self) -> tuple[Encoder, Decoder]:
         """The EMA encoder and decoder, in eval mode: what the stage returns."""

@@ -25,6 +25,7 @@ from bench.dmvae.latent_norm import LatentNorm, measure_norm
 from bench.dmvae.loop import Resumable, shard_batch, step_noise, warmup_lr
 from bench.dmvae.start import PretrainConfig
 from bench.dmvae.tokenizer_update import TokenizerUpdate
+from bench.tracking import Tracker
 from bench.training import log_progress
 
 
@@ -36,8 +37,10 @@ def baseline_budget(cfg: DMVAEConfig, pretrain: PretrainConfig) -> tuple[int, in
 
 def train_vae_baseline(images: torch.Tensor, labels: torch.Tensor, latent_shape: tuple[int, int, int],
                        cfg: DMVAEConfig, pretrain: PretrainConfig, checkpoint: str | None = None,
-                       checkpoint_every: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, LatentNorm, dict]:
-    """KL-VAE training of the shared tokenizer: (EMA encoder, EMA decoder, its LatentNorm, history)."""
+                       checkpoint_every: int = 0, track: Tracker | None = None
+                       ) -> tuple[torch.nn.Module, torch.nn.Module, LatentNorm, dict]:
+    """KL-VAE training of the shared tokenizer: (EMA encoder, EMA decoder, its LatentNorm, history);
+    `track`: the experiment logs (bench/tracking.py; off by default)."""
     steps, gan_start = baseline_budget(cfg, pretrain)
     tok_cfg = replace(cfg.tokenizer, gan_start=gan_start)
     torch.manual_seed(cfg.seed)  # the initial weights must not depend on what ran before in this process
@@ -50,25 +53,28 @@ def train_vae_baseline(images: torch.Tensor, labels: torch.Tensor, latent_shape:
     resume = Resumable(checkpoint, checkpoint_every)
     first, extra = resume.load(tok.modules(), tok.optimizers(), g, noise)
     window, rows = defaultdict(list, extra.get("window", {})), extra.get("rows", [])
-    t0 = time.time()
-    for step in range(first, steps):
-        idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
-        x = images[idx].to(device)
-        mean, logvar = tok.enc.posterior(x)  # (B, C, h, w) each
-        z = mean + (0.5 * logvar).exp() * noise.randn(mean.shape, mean.device, mean.dtype)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
-        logs = {"kl": kl.item()}
-        tok.step(x, z, cfg.kl_weight * kl, step, warmup_lr(step, cfg.lr, cfg.warmup), noise, logs)
-        for k, v in logs.items():
-            window[k].append(v)
-        done = step + 1
-        if cfg.log_every and (done % cfg.log_every == 0 or done == steps):
-            rows.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()},
-                         "seconds": round(time.time() - t0, 2)})
-            window.clear()
-        log_progress("VAE baseline", step, steps, kl.item(), t0, cfg.log_every if D.rank() == 0 else 0)
-        resume.maybe_save(done, steps, tok.modules(), tok.optimizers(), g, {"rows": rows, "window": dict(window)},
-                          noise)
+    track = track or Tracker()
+    with track.session(first, steps, cfg.batch):
+        t0 = time.time()
+        for step in range(first, steps):
+            idx = shard_batch(torch.randint(len(images), (cfg.batch,), generator=g))  # same global batch on all ranks
+            x = images[idx].to(device)
+            mean, logvar = tok.enc.posterior(x)  # (B, C, h, w) each
+            z = mean + (0.5 * logvar).exp() * noise.randn(mean.shape, mean.device, mean.dtype)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
+            logs = {"kl": kl.item()}
+            grad_norm = tok.step(x, z, cfg.kl_weight * kl, step, warmup_lr(step, cfg.lr, cfg.warmup), noise, logs)
+            for k, v in logs.items():
+                window[k].append(v)
+            done = step + 1
+            track.step(done, loss=logs, lr=tok.opt.param_groups[0]["lr"], grad_norm=grad_norm)
+            if cfg.log_every and (done % cfg.log_every == 0 or done == steps):
+                rows.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()},
+                             "seconds": round(time.time() - t0, 2)})
+                window.clear()
+            log_progress("VAE baseline", step, steps, kl.item(), t0, cfg.log_every if D.rank() == 0 else 0)
+            resume.maybe_save(done, steps, tok.modules(), tok.optimizers(), g, {"rows": rows, "window": dict(window)},
+                              noise)
     seconds = time.time() - t0
     enc, dec = tok.finished()
     history = {"stage": "VAE baseline", "losses": rows, "loss_terms": tok.recon.loss_terms(),

@@ -26,9 +26,10 @@ from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEA
                          GeneratorConfig, PretrainConfig, TeacherConfig)
 
 from bench.compute import ComputeConfig
-from bench.config import SettingError, added_later, require
+from bench.config import SettingError, added_later, not_hashed, require
 from bench.data import DATASETS
 from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
+from bench.tracking import LogConfig
 from priors.base import FEATURE_SIZES, FEATURE_SOURCES, PriorOptions
 from priors.registry import get_prior
 
@@ -108,6 +109,9 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)  # GPU settings, applied on CUDA only
                                        # (bench/compute.py); they enter a stage's key only where applied
+    log: LogConfig = not_hashed(default_factory=LogConfig)  # experiment logging: TensorBoard event files
+                                       # (log.tensorboard=true), wandb (log.wandb=PROJECT), every log.every
+                                       # steps (bench/tracking.py); changes no number, so it is never hashed
 
     def __post_init__(self):
         require(self, positive=("resolution", "latent_channels", "latent_size", "checkpoint_every"),

@@ -19,7 +19,7 @@ import torch
 
 from bench import distributed as D
 from bench.compute import TRAINING_STAGES, Compute
-from bench.config import keyed_dict
+from bench.config import keyed_dict, to_dict
 from bench.core.dit import build_dit
 from bench.core.flow import sample_ode
 from bench.dmvae import (Start, build_tokenizer, encode, encode_latents, pretrain_autoencoder,
@@ -31,6 +31,7 @@ from bench.progress import Progress
 from bench.study import evaluate as E
 from bench.study import guidance as G
 from bench.study.stages import PriorStages, stage_key
+from bench.tracking import Tracker
 from priors.base import NET_KINDS, PriorSettings
 from priors.registry import get_prior
 
@@ -96,7 +97,7 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
     def train_s_real(resume):
         stats = {}
         net, norm = train_teacher(prior(), c.teacher, stats, checkpoint=resume, checkpoint_every=every,
-                                  compute=c.compute)
+                                  compute=c.compute, track=run.tracker(ctx.out, "teacher"))
         return {"net": net.state_dict()}, {**stats, "norm": norm.to_dict(), "params": n_params(net)}
     teacher = stages.lazy("teacher", train_s_real, lambda state, record: (
         _dit(c.teacher, state["net"], run.latent_shape, data.num_classes), LatentNorm.from_dict(record["norm"])))
@@ -105,7 +106,7 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
     def train_start(_resume):
         reference = prior().reference_latents if run.start_kind == "reference-ae" else None
         s = pretrain_autoencoder(data.train.images, run.latent_shape, c.pretrain, c.dmvae.tokenizer,
-                                 reference=reference, compute=c.compute)
+                                 reference=reference, compute=c.compute, track=run.tracker(ctx.out, "start"))
         return ({"encoder": s.encoder.state_dict(), "decoder": s.decoder.state_dict()},
                 {"start": {**s.record, "requested": c.start}})
     start = stages.lazy("start", train_start,
@@ -117,14 +118,16 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
         images, labels = data.train.images, data.train.labels
         if run.baseline:
             enc, dec, norm, hist = train_vae_baseline(images, labels, run.latent_shape, c.dmvae, c.pretrain,
-                                                      checkpoint=resume, checkpoint_every=every)
+                                                      checkpoint=resume, checkpoint_every=every,
+                                                      track=run.tracker(ctx.out, "dmvae"))
         else:
             s_real, norm = teacher()
             x_probe, _ = ctx.matching_images(c.dmvae.probe_n)
             z_ref, _ = prior().sample(c.dmvae.probe_n, torch.Generator().manual_seed(c.seed + 11))
             probe = (x_probe, matching.Matcher(norm.apply(z_ref), seed=c.seed))
             enc, dec, _, hist = train_dmvae(images, labels, prior(), s_real, norm, c.dmvae, start(), probe=probe,
-                                            checkpoint=resume, checkpoint_every=every, compute=c.compute)
+                                            checkpoint=resume, checkpoint_every=every, compute=c.compute,
+                                            track=run.tracker(ctx.out, "dmvae"))
         return ({"encoder": enc.state_dict(), "decoder": dec.state_dict()},
                 {"history": hist, "norm": norm.to_dict(), "params": {"encoder": n_params(enc), "decoder": n_params(dec)}})
     tokenizer = stages.lazy("dmvae", train_tokenizer, lambda state, record: (
@@ -142,7 +145,8 @@ def run_prior(run: "PriorRun", ctx) -> tuple[dict, dict]:
         else:
             latents = EncodeOnTheFly(encoder, data.train.images, norm)
         model, cps, hist = train_generator(latents, data.train.labels, data.num_classes, c.generator,
-                                           checkpoint=resume, checkpoint_every=every, compute=c.compute)
+                                           checkpoint=resume, checkpoint_every=every, compute=c.compute,
+                                           track=run.tracker(ctx.out, "generator"))
         return ({"final": model.state_dict(), "checkpoints": [cp["state_dict"] for cp in cps]},
                 {"history": hist, "params": n_params(model), "norm": norm.to_dict(),
                  "checkpoints": [{k: v for k, v in cp.items() if k != "state_dict"} for cp in cps]})
@@ -214,9 +218,17 @@ class PriorRun:
                                       c.seed, G.VERSION)
         self.keys = k
 
+    def owner(self, stage: str) -> str:
+        """The stage folder's owner: the prior, or "_shared" for the plain-AE start every row shares."""
+        return self.start_owner if stage == "start" else self.name
+
+    def tracker(self, out, stage: str) -> Tracker:
+        """The experiment logs of one training stage while it trains (bench/tracking.py; off unless cfg.log asks)."""
+        return Tracker.for_stage(self.cfg.log, out, self.owner(stage), self.tseed, stage, to_dict(self.cfg))
+
     def record(self, stage: str) -> dict:
         """A finished stage's record (no tensors loaded), or {}."""
-        owner = self.start_owner if stage == "start" else self.name
+        owner = self.owner(stage)
         hit = self.store.load(owner, stage, self.keys[stage], tensors=False)
         return hit[1] if hit is not None else {}
 
