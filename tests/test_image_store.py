@@ -165,3 +165,32 @@ def test_training_from_either_store_gives_the_same_weights(tmp_path):
     norm = LatentNorm(mean=0.1, scale=2.0, measured_on="test")
     lat = [cache_latents(nets[0].encoder, s.train.images, norm, flip=True, batch=5) for s in (mem, mm)]
     assert torch.equal(lat[0].table, lat[1].table)
+
+
+def test_memmap_store_refuses_datasets_without_files(tmp_path):
+    from bench.cli import main
+    with pytest.raises(UserError, match="no image files to decode once"):
+        DataSpec("synthetic", 32, store="memmap")
+    assert main(["--preset", "smoke", "--set", "image_store=memmap", "--dry-run"]) == 2
+
+
+@pytest.mark.slow  # two smoke studies of one prior (about a minute on 2 cores)
+def test_a_study_from_the_memmap_store_equals_one_from_memory(tmp_path, inception_torchscript):
+    import json
+
+    from bench.cli import main
+    root = _tree(tmp_path / "data", per_class=12, val=8)  # the DM stage's probe needs 20 held-out images
+    fast = ["--preset", "smoke", "--dataset", "imagefolder", "--data-root", str(root), "--resolution", "16",
+            "--priors", "gaussian", "--cache-dir", str(tmp_path / "cache"), "--set", "eval.ref_n=10",
+            "--set", "eval.gfid_n=10", "--set", "eval.convergence_n=10", "--set", "eval.tsne_per_class=3",
+            "--set", "eval.sample_steps=4"]
+    runs = {}
+    for store in ("memory", "memmap"):
+        assert main([*fast, "--out", str(tmp_path / store), "--set", f"image_store={store}"]) == 0
+        runs[store] = json.loads((tmp_path / store / "results.json").read_text())
+    mem, mm = runs["memory"], runs["memmap"]
+    assert mem["meta"]["stage_keys"] == mm["meta"]["stage_keys"]  # same data fingerprint, same stages
+    assert "image_store" in mem["meta"]["config_neutral"] and mm["meta"]["config"]["image_store"] == "memmap"
+    a, b = mem["priors"]["gaussian"]["per_training_seed"]["0"], mm["priors"]["gaussian"]["per_training_seed"]["0"]
+    for key in ("rfid", "psnr", "ssim", "gfid", "matching", "dm_curve"):
+        assert a[key] == b[key], key
