@@ -383,6 +383,9 @@ def _priors(argv) -> int:
     p.add_argument("--check", action="store_true", help="build and verify the priors")
     p.add_argument("--priors", help="comma-separated subset (default: all registered)")
     p.add_argument("--json", help="also write the check report to this JSON file")
+    p.add_argument("--image-store", default="memory", choices=("memory", "memmap"),
+                   help="where the images live: memory (float32), or memmap (imagefolder: decoded once into a "
+                        "uint8 file in the cache, as the study's image_store setting)")
     _add_prior_args(p)
     args = p.parse_args(argv)
     names = _split(args.priors) if args.priors else priors.available()
@@ -401,7 +404,8 @@ def _priors(argv) -> int:
 
     cache = Cache(_writable_cache(args.cache_dir))
     data = load_dataset(DataSpec(args.dataset, args.resolution, root=args.data_root,
-                                 limit=args.limit, seed=args.seed, cache_dir=str(cache.root)))
+                                 limit=args.limit, seed=args.seed, cache_dir=str(cache.root),
+                                 store=args.image_store))
     settings = PriorSettings(features=args.features, weights_dir=args.weights_dir,
                              feature_size=args.feature_size, seed=args.seed)
     report = run_checks(names, settings, data, cache)

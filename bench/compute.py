@@ -13,9 +13,10 @@ same stage keys). What each setting does where it applies:
 - fused_adamw: AdamW(fused=True), one kernel for the whole update.
 - compile: torch.compile of the DiT score nets and generator (opt-in; the tokenizer's convs stay
   eager, since its adaptive GAN weight takes autograd.grad through the decoder's last layer).
-- pin_memory: the data here are in-memory tensors (bench/data.py decodes every split once, so no
-  DataLoader iterates files during training and workers would have nothing to do); each batch is
-  gathered into page-locked host memory and copied to the GPU asynchronously.
+- pin_memory: each batch is gathered into page-locked host memory and copied to the GPU
+  asynchronously. The splits are in-memory tensors, or with `image_store=memmap` ImageArrays over a
+  uint8 file decoded once by DataLoader workers (bench/image_store.py), whose rows are read and
+  converted to float32 here, at fetch time; no DataLoader iterates files during training.
 
 The settings that change numbers (precision, tf32, fused_adamw, compile) enter a stage's key only
 when they are applied there (`Compute.key`), so a CPU run and an fp32 GPU run keep today's keys.
@@ -110,8 +111,12 @@ class Compute:
         """The module compiled (when compile applies) or itself; parameters are shared either way."""
         return torch.compile(module) if self.compiled else module
 
-    def fetch(self, tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """tensor[idx] on the stage's device: through pinned memory and an async copy on CUDA."""
+    def fetch(self, tensor, idx: torch.Tensor) -> torch.Tensor:
+        """tensor[idx] on the stage's device: through pinned memory and an async copy on CUDA. `tensor` may
+        be an ImageArray (bench/image_store.py): its rows are read and converted to float32, then pinned."""
+        if not isinstance(tensor, torch.Tensor):
+            rows = tensor[idx]  # a fresh float tensor
+            return rows.pin_memory().to(self.device, non_blocking=True) if self.pin else rows.to(self.device)
         if not self.pin:
             return tensor[idx].to(self.device)
         buf = torch.empty((len(idx), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)

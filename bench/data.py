@@ -1,4 +1,4 @@
-"""Image datasets as in-memory tensors: images (N, C, R, R) float32 in [-1, 1], labels (N,) long.
+"""Image datasets: images (N, C, R, R) float32 in [-1, 1], labels (N,) long.
 
 A loader returns the official train and test pools (labels, and a function from indices to images
 at the requested resolution); `load_dataset` then holds out a stratified, seeded val split from
@@ -9,6 +9,11 @@ An imagefolder file that cannot be decoded (truncated, not an image) is skipped,
 recorded in Splits.source / Splits.skipped; too many of them stop the load (_check_unreadable).
 Imagefolder sets also carry each image's file name ("<class>/<file>", ImageSet.files), by which a
 captions file may key its captions (bench/features/text.py).
+
+Where the images live (`DataSpec.store`): "memory" (the default) decodes every split into float32
+tensors; "memmap" (imagefolder only) decodes the kept files once into a uint8 file under the cache
+root and gives each split as an ImageArray that converts rows at read time (bench/image_store.py),
+bit-identical to the tensors of the memory store.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError, unknown
+from bench.image_store import (STORES, ImageArray, image_bytes, memoised_fingerprint, open_store, to_channels,
+                               uint8_to_unit)
 
 FMNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -44,20 +51,27 @@ class DataSpec:
     seed: int = 0                    # drives the val split, the limit subset and synthetic data
     val_fraction: float = 0.1        # share of the official train split held out as val
     cache_dir: str | None = None     # the cache root (--cache-dir; None: $DMVAE_CACHE or the default):
-                                     # downloads go to <cache root>/data
+                                     # downloads go to <cache root>/data, memmap stores to <cache root>/image_store
+    store: str = "memory"            # memory | memmap (file-backed datasets; bench/image_store.py)
+    workers: int | None = None       # memmap: decode processes (0: this process; None: one per core, at most 16)
 
     def __post_init__(self):
         for ok, what in [(self.resolution >= 8, "resolution must be at least 8"),
                          (0 < self.val_fraction < 1, "val_fraction must lie strictly between 0 and 1"),
                          (self.limit is None or self.limit >= 1, "limit must be a positive image count"),
-                         (self.channels in (None, 1, 3), "channels must be 1, 3 or unset")]:
+                         (self.channels in (None, 1, 3), "channels must be 1, 3 or unset"),
+                         (self.store in STORES, f"store must be one of {', '.join(STORES)}"),
+                         (self.workers is None or self.workers >= 0, "workers must be 0 or more, or unset")]:
             if not ok:
                 raise UserError(f"Bad data settings: {what} (got {self}).")
+        if self.store == "memmap" and self.name not in FILE_BACKED:
+            raise UserError(f"The memmap image store is for file-backed datasets ({', '.join(FILE_BACKED)}): "
+                            f"{memmap_refusal(self.name)}.")
 
 
 @dataclass(frozen=True, eq=False)
 class ImageSet:
-    images: torch.Tensor   # (N, C, R, R) float32 in [-1, 1]
+    images: torch.Tensor | ImageArray  # (N, C, R, R) float32 in [-1, 1]; an ImageArray with the memmap store
     labels: torch.Tensor   # (N,) long
     class_names: list[str]
     files: tuple[str, ...] = ()  # file-backed sets (imagefolder): image i's path below its split's
@@ -89,6 +103,7 @@ class _Pool:
     fetch: Callable[[np.ndarray], torch.Tensor]
     unreadable: dict[int, str] = field(default_factory=dict)
     names: tuple[str, ...] = ()  # file-backed pools: each index's path relative to the split's folder
+    paths: tuple[Path, ...] = ()  # file-backed pools: each index's file (what the memmap store decodes)
 
 
 @dataclass(frozen=True)
@@ -116,26 +131,44 @@ def load_dataset(spec: DataSpec) -> Splits:
     else:
         test_idx = np.arange(len(test_pool.labels))
 
+    picks = [(pool, _balanced_subset(pool.labels, idx, spec.limit, rng))  # the images each split keeps
+             for pool, idx in ((raw.train, train_idx), (raw.train, val_idx), (test_pool, test_idx))]
+    stores = _open_stores(spec, picks) if spec.store == "memmap" else {}
     read, bad = [], []  # labels of the files decoded, and of those that could not be
 
     def take(pool: _Pool, idx: np.ndarray) -> ImageSet:
-        idx = _balanced_subset(pool.labels, idx, spec.limit, rng)
-        images = _to_channels(pool.fetch(idx), spec.channels)
+        images = None if stores else to_channels(pool.fetch(idx), spec.channels)
         unreadable = np.isin(idx, list(pool.unreadable))
         read.append(pool.labels[idx])
         bad.append(pool.labels[idx[unreadable]])
         idx = idx[~unreadable]
         files = tuple(pool.names[i] for i in idx) if pool.names else ()
-        return ImageSet(images.float().contiguous(), torch.from_numpy(pool.labels[idx]).long(),
-                        list(raw.class_names), files)
+        images = stores[id(pool)](idx) if stores else images.float().contiguous()
+        return ImageSet(images, torch.from_numpy(pool.labels[idx]).long(), list(raw.class_names), files)
 
-    train, val = take(raw.train, train_idx), take(raw.train, val_idx)
-    test = take(test_pool, test_idx)
+    train, val, test = (take(pool, idx) for pool, idx in picks)
     skipped = tuple(sorted({*raw.train.unreadable.values(), *(raw.test.unreadable.values() if raw.test else ())}))
-    source = raw.source
+    source = raw.source + "".join(f", images: memmap store {f}" for f in dict.fromkeys(
+        s.images.store_dir for s in (train, val, test) if isinstance(s.images, ImageArray)))
     if skipped:
         source += _check_unreadable(skipped, np.concatenate(read), np.concatenate(bad), raw.class_names)
     return Splits(train, val, test, len(raw.class_names), train.images.shape[1], source, skipped)
+
+
+def _open_stores(spec: DataSpec, picks) -> dict:
+    """Per file-backed pool (by id): indices -> ImageArray of its memmap store (bench/image_store.py),
+    which holds the files the splits keep from that pool, decoded once. The files that cannot be decoded
+    enter pool.unreadable, as the memory store's fetch would record them."""
+    opened = {}
+    for pool in {id(p): p for p, _ in picks}.values():
+        kept = np.unique(np.concatenate([idx for p, idx in picks if p is pool]))
+        array, bad, key, folder = open_store(cache_root(spec), [pool.paths[i] for i in kept], spec.resolution,
+                                             read_image, spec.workers)
+        for row, reason in bad.items():
+            pool.unreadable[int(kept[row])] = f"{pool.paths[kept[row]]} ({reason})"
+        opened[id(pool)] = (lambda idx, array=array, kept=kept, key=key, folder=folder:
+                            ImageArray(array, np.searchsorted(kept, idx), spec.channels, key, folder))
+    return opened
 
 
 MAX_UNREADABLE_SHARE = 0.01  # of the image files read; see _check_unreadable
@@ -161,13 +194,22 @@ def _check_unreadable(skipped, read: np.ndarray, bad: np.ndarray, class_names) -
 
 
 def dataset_fingerprint(splits: Splits) -> str:
-    """sha256 of every split's image bytes, labels and class names (for content-addressed caches)."""
-    h = hashlib.sha256()
-    for s in (splits.train, splits.val, splits.test):
-        h.update(repr((tuple(s.images.shape), s.class_names)).encode())
-        h.update(memoryview(s.images.contiguous().numpy()).cast("B"))
-        h.update(memoryview(s.labels.contiguous().numpy()).cast("B"))
-    return h.hexdigest()
+    """sha256 of every split's image bytes (float32), labels and class names (for content-addressed caches).
+    The same for both stores; the memmap store's is remembered next to it (streaming ImageNet takes minutes)."""
+    sets = (splits.train, splits.val, splits.test)
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for s in sets:
+            h.update(repr((tuple(s.images.shape), s.class_names)).encode())
+            for chunk in image_bytes(s.images):
+                h.update(chunk)
+            h.update(memoryview(s.labels.contiguous().numpy()).cast("B"))
+        return h.hexdigest()
+    if not all(isinstance(s.images, ImageArray) for s in sets):
+        return compute()
+    labels = [hashlib.sha256(s.labels.contiguous().numpy().tobytes()).hexdigest() for s in sets]
+    return memoised_fingerprint([s.images for s in sets], [labels, sets[0].class_names], compute)
 
 
 # ---------------------------------------------------------------- splits
@@ -198,26 +240,12 @@ def _balanced_subset(labels, idx, limit, rng):
 
 # ---------------------------------------------------------------- pixels
 
-def _uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, C, H, W) -> float32 in [-1, 1]."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
 def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """Square (n, C, H, H) -> (n, C, R, R), bilinear with antialiasing."""
     if x.shape[-1] == resolution:
         return x
     x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
     return x.clamp_(-1.0, 1.0)
-
-
-def _to_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
-    if channels is None or x.shape[1] == channels:
-        return x
-    if channels == 3:
-        return x.expand(-1, 3, -1, -1)
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)   # ITU-R 601 luma, as PIL "L"
-    return (x * weights).sum(1, keepdim=True)
 
 
 def center_crop_arr(image, resolution: int) -> np.ndarray:
@@ -232,10 +260,26 @@ def center_crop_arr(image, resolution: int) -> np.ndarray:
     return arr[top:top + resolution, left:left + resolution]
 
 
-def download_dir(spec: DataSpec) -> Path:
-    """Where downloaded datasets live: <cache root>/data, the cache root of bench/cache.py."""
+def read_image(path: Path, resolution: int) -> np.ndarray | str:
+    """One image file, ADM-center-cropped to (R, R, 3) uint8; or, when it cannot be decoded (truncated, not
+    an image, ...), the reason in one line. Both stores decode with it (the memmap store in worker processes)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return center_crop_arr(image.convert("RGB"), resolution)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return _one_line(e)
+
+
+def cache_root(spec: DataSpec) -> Path:
+    """The cache root of bench/cache.py (--cache-dir, else $DMVAE_CACHE or the default)."""
     from bench.cache import default_root
-    return Path(spec.cache_dir or default_root()) / "data"
+    return Path(spec.cache_dir or default_root())
+
+
+def download_dir(spec: DataSpec) -> Path:
+    """Where downloaded datasets live: <cache root>/data."""
+    return cache_root(spec) / "data"
 
 
 def _one_line(e: Exception) -> str:
@@ -293,7 +337,7 @@ def _fashion_mnist(spec: DataSpec) -> _Raw:
 
     def pool(x: np.ndarray, y: np.ndarray) -> _Pool:
         def fetch(idx):
-            img = _uint8_to_unit(torch.from_numpy(x[idx]).unsqueeze(1))     # (n, 1, 28, 28)
+            img = uint8_to_unit(torch.from_numpy(x[idx]).unsqueeze(1))     # (n, 1, 28, 28)
             if spec.resolution == 32:                 # pad with background (-1), no resampling
                 return F.pad(img, (2, 2, 2, 2), value=-1.0)
             return _resize(img, spec.resolution)
@@ -324,7 +368,7 @@ def _cifar10(spec: DataSpec) -> _Raw:
     def pool(ds) -> _Pool:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)    # (N, 3, 32, 32) uint8
         return _Pool(np.asarray(ds.targets, dtype=np.int64),
-                     lambda idx: _resize(_uint8_to_unit(x[torch.from_numpy(idx)]), spec.resolution))
+                     lambda idx: _resize(uint8_to_unit(x[torch.from_numpy(idx)]), spec.resolution))
 
     how = "" if spec.resolution == 32 else f" (resized 32->{spec.resolution} bilinear)"
     return _Raw(pool(sets[0]), pool(sets[1]), list(sets[0].classes),
@@ -348,7 +392,6 @@ def _imagefolder(spec: DataSpec) -> _Raw:
         raise UserError(
             f"The imagefolder dataset needs --data-root DIR pointing at an ImageNet-layout tree "
             f"(DIR/train/<class>/*.JPEG and optionally DIR/val/<class>/*.JPEG); got {spec.root!r}.")
-    from PIL import Image
     root = Path(spec.root)
     train_dir = root / "train" if (root / "train").is_dir() else root
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())   # torchvision's order
@@ -366,14 +409,14 @@ def _imagefolder(spec: DataSpec) -> _Raw:
         def fetch(idx):
             arrs = []
             for i in idx:
-                try:
-                    with Image.open(paths[i]) as image:
-                        arrs.append(center_crop_arr(image.convert("RGB"), res))
-                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                    unreadable[int(i)] = f"{paths[i]} ({_one_line(e)})"  # truncated, not an image, ...
+                arr = read_image(paths[i], res)
+                if isinstance(arr, str):
+                    unreadable[int(i)] = f"{paths[i]} ({arr})"  # truncated, not an image, ...
+                else:
+                    arrs.append(arr)
             x = np.stack(arrs) if arrs else np.zeros((0, res, res, 3), np.uint8)
-            return _uint8_to_unit(torch.from_numpy(x).permute(0, 3, 1, 2))      # (n, 3, R, R)
-        return _Pool(labels, fetch, unreadable, names)
+            return uint8_to_unit(torch.from_numpy(x).permute(0, 3, 1, 2))      # (n, 3, R, R)
+        return _Pool(labels, fetch, unreadable, names, tuple(paths))
 
     test, source = None, f"imagefolder: {train_dir} ({len(paths)} images, {len(classes)} classes)"
     val_dir = root / "val"
@@ -432,6 +475,17 @@ def _synthetic(spec: DataSpec) -> _Raw:
 
     return _Raw(pool(0, SYNTHETIC_PER_CLASS["train"]), pool(1, SYNTHETIC_PER_CLASS["test"]),
                 SYNTHETIC_CLASSES, f"synthetic: seed {spec.seed}, {res}x{res}, generated (no files)")
+
+
+FILE_BACKED = ("imagefolder",)  # the datasets the memmap store can hold (decoded image files)
+
+
+def memmap_refusal(dataset: str) -> str:
+    """Why the memmap store refuses a dataset that is not file-backed, and what to do (one paragraph)."""
+    return (f"{dataset} is generated or read from array files and held in memory as float32 (CIFAR-10's 60k "
+            f"images take 0.7 GB), so there are no image files to decode once; use the memory store "
+            f"(image_store=memory, the default) with it, or --dataset imagefolder --data-root DIR for an "
+            f"ImageNet-layout tree too large for memory")
 
 
 DATASETS: dict[str, Callable[[DataSpec], _Raw]] = {

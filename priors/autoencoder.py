@@ -25,6 +25,7 @@ from bench.data import dataset_fingerprint
 from bench.errors import UserError, unknown
 from bench.features import ldm as L
 from bench.features.kl_vae import KLVAE, KLVAE_PRESETS, train_kl_vae
+from bench.image_store import mean_image
 from priors.base import Prior, PriorInfo, check
 from priors.registry import register_prior
 
@@ -136,7 +137,7 @@ class KLVAEPrior(Prior):
         """PSNR of the VAE on test images, and of the mean train image as a floor to beat."""
         x = self.data.test.images[:1000]
         rec = self.vae.decode(self.encode_images(x)).clamp(-1, 1)
-        mean_img = self.data.train.images.mean(0, keepdim=True).expand_as(x)
+        mean_img = mean_image(self.data.train.images).expand_as(x)
         return _psnr(rec, x), _psnr(mean_img, x)
 
 

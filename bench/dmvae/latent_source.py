@@ -95,7 +95,7 @@ def cache_latents(encoder: nn.Module, images: torch.Tensor, norm: LatentNorm, fl
     dev = next(encoder.parameters()).device
     encoder.eval()
 
-    def enc(x):
-        return torch.cat([encoder(b.to(dev)).float().cpu() for b in x.split(batch)])
-    raw = enc(images) if raw is None else raw
-    return CachedLatents(norm.apply(raw), norm.apply(enc(images.flip(-1))) if flip else None)
+    def enc(mirror: bool):  # batch by batch: images may be an ImageArray (bench/image_store.py)
+        return torch.cat([encoder((b.flip(-1) if mirror else b).to(dev)).float().cpu() for b in images.split(batch)])
+    raw = enc(False) if raw is None else raw
+    return CachedLatents(norm.apply(raw), norm.apply(enc(True)) if flip else None)

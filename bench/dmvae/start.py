@@ -33,6 +33,7 @@ from bench.config import require
 from bench.core.conv import Decoder, Encoder
 from bench.dmvae.autoencoder import TokenizerConfig, build_tokenizer
 from bench.dmvae.loop import average_gradients, shard_batch
+from bench.image_store import subset
 from bench.tracking import Tracker
 from bench.training import check_finite, cosine_lr, log_progress
 
@@ -98,7 +99,7 @@ def pretrain_autoencoder(images: torch.Tensor, latent_shape: tuple[int, int, int
     if reference is not None:  # the reference encoder's latents of a fixed subset, computed once
         pool = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + 7))[:cfg.distill_images]
         with torch.no_grad():
-            target = reference(images[pool]).float().cpu()  # (n, C, h, w)
+            target = reference(subset(images, pool)).float().cpu()  # (n, C, h, w)
     enc, dec = (m.to(device) for m in build_tokenizer(tuple(images.shape[1:]), latent_shape, tokenizer))
     params = [*enc.parameters(), *dec.parameters()]
     opt = cx.adamw(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)

@@ -9,7 +9,12 @@ knob can be overridden: `--set eval.gfid_n=2000`, `--set dmvae.tokenizer.width=3
 | smoke | Fashion-MNIST, 200 per split | 4x8x8 | smoke | 32 x 2  | 32    | 32   | <= 3 min, five priors, 2 cores |
 | cpu   | Fashion-MNIST, full          | 4x8x8 | cpu   | 250 x 2 | 250   | 250  | <= 60 min cold, five priors, one training seed, 2 cores |
 | gpu   | Fashion-MNIST, full          | 4x8x8 | gpu   | 5k x 3  | 10k   | 5k   | one accelerator |
-| paper | ImageNet-256 ImageFolder     | 32x16x16 | paper (XL generator) | 5k x 2 | 50k | 5k | not trainable here |
+| paper | ImageNet-256 ImageFolder (memmap) | 32x16x16 | paper (XL generator) | 5k x 2 | 50k | 5k | not trainable here |
+
+Only the paper preset reads image files (imagefolder), so only it selects the memmap store
+(`image_store`, bench/image_store.py); the others' Fashion-MNIST fits in memory and has no files to
+map (memmap refuses it). The gpu preset with `--set dataset=imagefolder` keeps the memory store
+unless `--set image_store=memmap` is given too, which it needs once the split outgrows host memory.
 
 The cpu preset's N is set by the Inception network's cost on a CPU: measured on the 2-core
 development machine at 2.3-3.6 img/s (fp32, 299x299; a 2048^2 matmul ran at 38 GFLOP/s there), so
@@ -27,7 +32,8 @@ from bench.dmvae import (DMVAE_PRESETS, GENERATOR_PRESETS, PRETRAIN_PRESETS, TEA
 
 from bench.compute import ComputeConfig
 from bench.config import SettingError, added_later, not_hashed, require
-from bench.data import DATASETS
+from bench.data import DATASETS, FILE_BACKED, memmap_refusal
+from bench.image_store import STORES
 from bench.dmvae.start import STARTS  # paper section 3.3; bench/dmvae/start.py explains them
 from bench.tracking import LogConfig
 from priors.base import FEATURE_SIZES, FEATURE_SOURCES, PriorOptions
@@ -91,6 +97,12 @@ class StudyConfig:
     data_root: str | None = None
     resolution: int = 32
     limit: int | None = None           # images per split, class-balanced (None: all)
+    image_store: str = added_later("memory", "memmap image store")  # where the images live: memory (float32
+                                       # tensors) | memmap (imagefolder only: the kept files decoded once into a
+                                       # uint8 file under <cache root>/image_store, rows read and converted at
+                                       # fetch time; bit-identical images; bench/image_store.py)
+    data_workers: int | None = added_later(None, "memmap image store")  # memmap: decode processes (DataLoader
+                                       # workers; none: one per core, at most 16; 0: in this process)
     latent_channels: int = 4
     latent_size: int = 8
     features: str = "auto"             # a priors/base.py FEATURE_SOURCES value
@@ -116,7 +128,14 @@ class StudyConfig:
     def __post_init__(self):
         require(self, positive=("resolution", "latent_channels", "latent_size", "checkpoint_every"),
                 non_negative=("seed",), choices={"dataset": DATASETS, "features": FEATURE_SOURCES,
-                                                 "feature_size": FEATURE_SIZES, "start": STARTS})
+                                                 "feature_size": FEATURE_SIZES, "start": STARTS,
+                                                 "image_store": STORES})
+        if self.image_store == "memmap" and self.dataset not in FILE_BACKED:
+            raise SettingError("image_store", f"must be memory with dataset {self.dataset}: the memmap store "
+                               f"holds decoded image files ({', '.join(FILE_BACKED)}), and "
+                               f"{memmap_refusal(self.dataset)}", self.image_store)
+        if self.data_workers is not None and self.data_workers < 0:
+            raise SettingError("data_workers", "must be 0 or more (or none: one per core)", self.data_workers)
         if self.limit is not None and self.limit < 1:
             raise SettingError("limit", "must be a positive image count per split (or none: all)", self.limit)
         down = self.resolution // self.latent_size
@@ -153,8 +172,8 @@ STUDY_PRESETS = {
     "gpu": dict(feature_size="gpu", checkpoint_every=1000, **_stages("gpu"), compute=GPU_COMPUTE,
                 eval=EvalConfig(ref_n=10_000, gfid_n=5000, seeds=(0, 1, 2), convergence_n=5000, sample_steps=50,
                                 structure_n=5000, match_n=5000, batch=250)),
-    "paper": dict(dataset="imagefolder", resolution=256, latent_channels=32, latent_size=16, features="pretrained",
-                  feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"), compute=GPU_COMPUTE,
+    "paper": dict(dataset="imagefolder", image_store="memmap", resolution=256, latent_channels=32, latent_size=16,
+                  features="pretrained", feature_size="gpu", checkpoint_every=5000, **_stages("paper", pretrain="gpu"), compute=GPU_COMPUTE,
                   eval=EvalConfig(ref_n=50_000, gfid_n=5000, convergence_n=5000, sample_steps=50, structure_n=5000,
                                   batch=250)),
 }

@@ -67,7 +67,7 @@ class Context:
     def data(self):
         c = self.cfg
         return load_dataset(DataSpec(c.dataset, c.resolution, root=c.data_root, limit=c.limit, seed=c.seed,
-                                     cache_dir=str(self.cache.root)))
+                                     cache_dir=str(self.cache.root), store=c.image_store, workers=c.data_workers))
 
     @cached_property
     def data_fp(self) -> str:
