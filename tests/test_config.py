@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.cli import main
-from bench.config import added_later, config_hash, keyed_dict, neutral_keys, not_hashed, resolve, to_dict
+from bench.config import added_later, drop_keys, config_hash, keyed_dict, neutral_keys, not_hashed, resolve, to_dict
 from bench.errors import UserError
 
 
@@ -94,7 +94,7 @@ def test_log_settings_leave_hash_stage_keys_and_merge_comparison_unchanged(monke
     keys = [PriorRun(name, SimpleNamespace(cfg=cfg, data=data, data_fp="fp"), 0).keys
             for name in ("gaussian", "vae") for cfg in (plain, logged)]
     assert keys[0] == keys[1] and keys[2] == keys[3]
-    before = {k: v for k, v in to_dict(plain).items() if k != "log"}  # a run written before `log` existed
+    before = drop_keys(to_dict(plain), neutral_keys(plain))  # a run written before `log` (and the other added settings) existed
     metas = [{"config": before, "config_neutral": []},
              *({"config": to_dict(c), "config_neutral": neutral_keys(c)} for c in (plain, logged))]
     assert len({_group_key(_compared(m)) for m in metas}) == 1  # merged runs pool

@@ -78,7 +78,7 @@ def test_non_finite_loss_is_reported_not_written(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["toyy"], "Valid sub-commands: priors, report, score, toy2d"),
+    (["toyy"], "Valid sub-commands: priors, report, sample, score, toy2d"),
     (["toy2d", "--objectives", "dm,bogus", "--dry-run"], "Unknown objective 'bogus'"),
     (["toy2d", "--target", "s-curve", "--dry-run"], "Did you mean 's_curve'"),
     (["toy2d", "--set", "stepz=3", "--dry-run"], "Unknown setting 'stepz'"),
