@@ -34,3 +34,9 @@ def log_progress(what: str, step: int, steps: int, loss: float, t0: float, every
         elapsed = time.time() - t0
         eta = elapsed / (step + 1) * (steps - step - 1)
         print(f"[{what}] step {step + 1}/{steps} loss {loss:.4f} {elapsed:.0f}s ETA {eta:.0f}s", flush=True)
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """Clip the gradients' total norm to max_norm and return that norm (before clipping). max_norm 0
+    means no clipping: torch's clip_grad_norm_ would scale every gradient to zero there."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))

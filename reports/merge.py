@@ -35,7 +35,7 @@ from reports.results import check_schema, read_json
 # Settings whose difference makes two FIDs incomparable (dotted paths into meta.config / meta).
 EVAL_CONFIG_KEYS = ("dataset", "resolution", "limit", "seed", "eval.ref_split", "eval.ref_n", "eval.gfid_n",
                     "eval.seeds", "eval.convergence_n", "eval.sample_steps", "eval.cfg_scale", "eval.shift",
-                    "eval.match_n", "eval.structure_n")
+                    "eval.reference_batch", "eval.match_n", "eval.structure_n")
 EVAL_META_KEYS = ("weights.inception.sha256",)
 
 

@@ -1,4 +1,5 @@
 """Flow-matching conventions and samplers, checked against a closed-form Gaussian target."""
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,12 @@ def test_label_dropout_rate():
     d = flow.drop_labels(y, 0.1, 7, generator=torch.Generator().manual_seed(0))
     assert abs((d == 7).float().mean().item() - 0.1) < 0.01
     assert set(d.unique().tolist()) == {0, 7}
+
+
+def test_grad_clip_zero_means_no_clipping():
+    from bench.training import clip_gradients
+
+    w = torch.nn.Parameter(torch.ones(3))
+    (w * torch.tensor([3.0, 4.0, 0.0])).sum().backward()
+    assert float(clip_gradients([w], 0.0)) == pytest.approx(5.0) and torch.equal(w.grad, torch.tensor([3.0, 4.0, 0.0]))
+    assert float(clip_gradients([w], 1.0)) == pytest.approx(5.0) and torch.allclose(w.grad, torch.tensor([0.6, 0.8, 0.0]))

@@ -574,9 +574,10 @@ def test_guidance_sweep_is_a_stage_of_its_own_and_leaves_the_other_keys_alone():
                                  0).keys["guidance"]
     assert guidance_key(cfg_scales=(1, 2)) == swept["guidance"]  # one order: scales are kept sorted
     assert guidance_key(cfg_scales=(1, 2), structure_n=100) == swept["guidance"]  # not read by the sweep
-    assert guidance_key(cfg_scales=(1, 2), batch=7) == swept["guidance"]  # changes no number
     for change in (dict(cfg_scales=(1, 3)), dict(cfg_scales=(1, 2), gfid_n=40), dict(cfg_scales=(1, 2), seeds=(3, 4)),
-                   dict(cfg_scales=(1, 2), sample_steps=3), dict(cfg_scales=(1, 2), ref_n=40)):
+                   dict(cfg_scales=(1, 2), sample_steps=3), dict(cfg_scales=(1, 2), ref_n=40),
+                   dict(cfg_scales=(1, 2), batch=7),  # float rounding only, but scale 1.0 must equal Table 1
+                   dict(cfg_scales=(1, 2), reference_batch="ref.npz")):
         assert guidance_key(**change) != swept["guidance"], change
     vae = pipeline.PriorRun("vae", _ctx(eval=dataclasses.replace(STUDY_PRESETS["smoke"]["eval"], cfg_scales=(1.0,))), 0)
     assert set(vae.keys) == {"prior", "dmvae", "generator", "evaluate", "guidance"}
@@ -838,3 +839,32 @@ def test_sample_writes_the_studys_gfid_samples_as_an_adm_npz_and_resumes(study, 
     assert np.abs(fresh.astype(int) - x.astype(int)).max() <= 2  # another batch size: float rounding only
     assert main(["sample", str(out), "--prior", "dino", "--n", "4", "--out", str(tmp_path / "d.npz"),
                  "--cache-dir", cache]) == 2
+
+
+@pytest.mark.slow  # the module's smoke study, then its evaluation again
+def test_reference_batch_of_the_held_out_images_gives_the_same_gfid(study, cache, tmp_path):
+    import numpy as np
+
+    from bench.cache import Cache
+    from bench.metrics.adm_npz import write_batch
+    from bench.metrics.standard import study_reference
+    from bench.study.sample import load_run
+
+    out, _, res, _ = study
+    _, _, ctx = load_run(out, "gaussian", 0, Cache(cache))
+    ref = write_batch(tmp_path / "ref.npz", ctx.held_out[0])  # the held-out images as an ADM reference batch
+    d = tmp_path / "run"
+    shutil.copytree(out / "stages", d / "stages")
+    assert main([*FAST, "--priors", "gaussian", "--out", str(d), "--cache-dir", cache,
+                 "--set", f"eval.reference_batch={ref}"]) == 0
+    got = json.loads((d / "results.json").read_text())
+    a, b = (r["priors"]["gaussian"]["per_training_seed"]["0"] for r in (res, got))
+    assert [s["gfid"] for s in a["gfid_per_seed"]] == pytest.approx([s["gfid"] for s in b["gfid_per_seed"]], rel=1e-9)
+    assert b["rfid"] == a["rfid"] and got["meta"]["evaluation"]["gfid_reference"]["batch"] == str(ref)
+    assert set(got["priors"]["gaussian"]["cached"]) >= {"teacher", "start", "dmvae", "generator"}
+    # stored statistics are what the published protocol reads
+    mu, sigma = np.zeros(2048), np.eye(2048)
+    stored = study_reference(write_batch(tmp_path / "stored.npz", ctx.held_out[0], mu=mu, sigma=sigma), Cache(cache))
+    assert torch.equal(stored["mu"], torch.zeros(2048, dtype=torch.float64)) and "stored" in stored["source"]
+    assert main([*FAST, "--priors", "gaussian", "--out", str(tmp_path / "bad"), "--cache-dir", cache,
+                 "--set", f"eval.reference_batch={tmp_path / 'missing.npz'}"]) == 2

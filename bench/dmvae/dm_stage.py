@@ -45,7 +45,7 @@ from bench.dmvae.loop import Resumable, average_gradients, shard_batch, step_noi
 from bench.dmvae.start import Start
 from bench.dmvae.tokenizer_update import TokenizerUpdate
 from bench.tracking import Tracker
-from bench.training import check_finite, log_progress
+from bench.training import check_finite, clip_gradients, log_progress
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class DMVAEConfig:
     t0: float = 0.0             # t ~ U[t0, t1] in the DM loss (t = 1 clean)
     t1: float = 1.0
     label_dropout: float = 0.1  # S_fake's flow matching
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0       # total gradient norm clipped to this; 0: no clipping
     ema_decay: float = 0.99     # EMA of encoder and decoder weights, per tokenizer update
     kl_weight: float = 1e-6     # vae baseline only: KL per pixel, as bench/features/kl_vae.py
     probe_every: int = 250      # iterations between the matching probes of the curve (0: none)
@@ -181,7 +181,7 @@ def train_dmvae(images: torch.Tensor, labels: torch.Tensor, prior, s_real: nn.Mo
                 opt_f.zero_grad(set_to_none=True)
                 loss_f.backward()
                 average_gradients(s_fake.parameters())
-                grad_norm["s_fake"] = nn.utils.clip_grad_norm_(s_fake.parameters(), cfg.grad_clip)
+                grad_norm["s_fake"] = clip_gradients(s_fake.parameters(), cfg.grad_clip)
                 opt_f.step()
             logs["fake"] = loss_f.item()
 

@@ -66,7 +66,7 @@ class GeneratorConfig:
     warmup: int = 50
     ema_decay: float = 0.99
     label_dropout: float = 0.1   # trains the unconditional branch, so sampling may use CFG
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0       # total gradient norm clipped to this; 0: no clipping
     checkpoints: tuple[float, ...] = (0.5, 1.0)  # fractions of `steps`; the last two judge convergence
     seed: int = 0
     log_every: int = 1000

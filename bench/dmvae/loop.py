@@ -29,7 +29,7 @@ from bench.checkpoint import load_state, save_state
 from bench.core.ema import ema_update
 from bench.core.flow import TimeSampler, flow_matching_loss
 from bench.core.noise import BatchNoise
-from bench.training import check_finite, cosine_lr
+from bench.training import check_finite, clip_gradients, cosine_lr
 
 
 def shard_batch(rows: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def flow_matching_step(net: nn.Module, ema: nn.Module, opt, x: torch.Tensor, y: 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(net.parameters())
-    grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    grad_norm = clip_gradients(net.parameters(), cfg.grad_clip)
     opt.step()
     ema_update(ema, net, cfg.ema_decay)
     return loss.item(), grad_norm

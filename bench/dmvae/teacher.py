@@ -49,7 +49,7 @@ class TeacherConfig:
     warmup: int = 25
     ema_decay: float = 0.99
     label_dropout: float = 0.1   # trains the unconditional branch for CFG (docs/method.md 3.2)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0       # total gradient norm clipped to this; 0: no clipping
     norm_samples: int = 4096     # prior draws that measure the latent normalisation
     seed: int = 0
     log_every: int = 500

@@ -17,7 +17,7 @@ from bench.core.ema import ema_update, make_ema
 from bench.core.conv import Decoder, Encoder
 from bench.dmvae.autoencoder import ReconstructionLoss, TokenizerConfig
 from bench.dmvae.loop import average_gradients
-from bench.training import check_finite
+from bench.training import check_finite, clip_gradients
 
 
 class TokenizerUpdate:
@@ -63,7 +63,7 @@ class TokenizerUpdate:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.params)
-        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        grad_norm = clip_gradients(self.params, self.grad_clip)
         self.opt.step()
         ema_update(self.ema_enc, self.enc, self.ema_decay)
         ema_update(self.ema_dec, self.dec, self.ema_decay)

@@ -73,6 +73,22 @@ def reference_features(ref: Batch, cache: Cache | None = None) -> dict[str, torc
     return out
 
 
+def study_reference(path: Path | str, cache: Cache | None = None) -> dict:
+    """A reference batch as the study's gFID reads it (fid.reference()'s form): pool3 features of its
+    images (for KID and precision/recall, and FID when N <= 2048), and mu/sigma: the file's stored ones
+    when it has them (the published protocol), else those of its images. `source` says which."""
+    ref = read_batch(path)
+    feats = reference_features(ref, cache)["pool"]
+    if "pool" in ref.stats:
+        mu, sigma = (torch.from_numpy(a) for a in ref.stats["pool"])
+        source = f"mu/sigma stored in {Path(path).name}"
+    else:
+        mu, sigma = FID.stats(feats)
+        source = f"statistics of the {len(feats)} images of {Path(path).name}"
+    return {"features": feats, "mu": mu, "sigma": sigma, "source": source, "path": str(path),
+            "n": len(feats)}
+
+
 def _measured(value: float, **settings) -> dict:
     return {"status": "measured", "value": float(value), **settings}
 

@@ -64,7 +64,13 @@ class EvalConfig:
     structure_n: int = 1000        # latents for kNN / linear probe / silhouette
     match_n: int = 1000            # held-out latents and p_r draws per matching statistic (and its floor)
     tsne_per_class: int = 100      # paper Fig. 4: 100 images per class
-    batch: int = 50                # Inception and sampling batch (does not change any number)
+    batch: int = 50                # Inception and sampling batch: samples move only by float rounding with it
+                                   # (batched matmuls sum in another order), so it is part of the stage keys
+    reference_batch: str | None = added_later(None, "standard-protocol reference")  # an ADM .npz (e.g.
+                                   # VIRTUAL_imagenet256_labeled.npz): gFID, KID and precision/recall
+                                   # against it (FID from its stored mu/sigma when present) instead of the
+                                   # held-out images; rFID, the floors' reference and per-class FID stay on
+                                   # the held-out images. None: the held-out images
 
     def __post_init__(self):
         require(self, positive=("ref_n", "gfid_n", "converged_within", "sample_steps", "shift", "structure_n",

@@ -156,6 +156,12 @@ def settings(cfg: EvalConfig, cache: Cache) -> dict:
     return {"fid": fid.evaluation_settings(cfg.gfid_n, cfg.ref_split, cache),
             "reference": {"split": cfg.ref_split, "n": cfg.ref_n, "selection": "fixed-seed class-balanced subset",
                           "statistics": "Inception pool3 of the held-out images, cached by content"},
+            "gfid_reference": ("the held-out reference images (as rFID)" if not cfg.reference_batch else
+                               {"batch": cfg.reference_batch, "layout": "ADM .npz (arr_0 uint8 NHWC)",
+                                "fid": "against the batch's stored mu/sigma when it has them and N > 2048 (the "
+                                       "published gFID-50k protocol); else against its images' features",
+                                "precision_recall_kid": "against its images' pool3 features",
+                                "not_affected": "rFID, the per-class FID and the matching use the held-out images"}),
             "rfid": {"n": cfg.ref_n, "images": "the reference images, reconstructed by the EMA encoder/decoder"},
             "gfid": {"n": cfg.gfid_n, "seeds": list(cfg.seeds), "labels": "class-balanced: sample i has label i mod K",
                      "noise": "one torch.Generator per sample index (seed * 1_000_003 + i)",

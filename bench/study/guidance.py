@@ -32,19 +32,26 @@ from bench.study.config import EvalConfig
 from bench.study.evaluate import SAMPLER, mean_std, sampling
 
 VERSION = 1  # bump when what the sweep computes changes (it is in the stage key)
-# the evaluation settings that change the sweep's numbers (its stage key); batch does not change any
-KEY_SETTINGS = ("ref_split", "ref_n", "gfid_n", "seeds", "sample_steps", "shift", "cfg_scales")
+# the evaluation settings that change the sweep's numbers (its stage key); batch moves samples by float
+# rounding only, but the check that scale 1.0 equals Table 1 needs the same batch
+KEY_SETTINGS = ("ref_split", "ref_n", "gfid_n", "seeds", "sample_steps", "shift", "cfg_scales", "batch",
+                "reference_batch")
 
 
 @dataclass(frozen=True)
 class RealSets:
     """The real images the sweep is scored against, as Inception features with their labels."""
 
-    reference: dict                 # fid.reference() of the held-out images (Table 1's reference statistics)
+    reference: dict                 # fid.reference() of the held-out images (per-class FID reads its classes)
     reference_labels: torch.Tensor
     floor: torch.Tensor             # features of the FID floor's class-balanced real train images
     floor_labels: torch.Tensor
     class_names: list[str]
+    generation: dict | None = None  # what gFID and precision/recall read against (Table 1's): None = reference
+
+    @property
+    def gfid_reference(self) -> dict:
+        return self.reference if self.generation is None else self.generation
 
 
 @torch.no_grad()
@@ -70,8 +77,8 @@ def scale_row(model, decoder, norm, num_classes: int, scale: float, real: RealSe
         images, labels = generate(model, cfg.gfid_n, num_classes, s, **sampling(cfg, decoder, norm, scale))
         feats = fid.inception_features(images, cfg.batch, cache, progress)
         first = first or (feats, labels)
-        pr = fid.precision_recall(real.reference["features"], feats)
-        per_seed.append({"seed": s, "gfid": fid.fid_against_reference(feats, real.reference),
+        pr = fid.precision_recall(real.gfid_reference["features"], feats)
+        per_seed.append({"seed": s, "gfid": fid.fid_against_reference(feats, real.gfid_reference),
                          "precision": pr["precision"], "recall": pr["recall"]})
         log(f"    CFG {scale:g}: gFID-{cfg.gfid_n} seed {s}: {per_seed[-1]['gfid']:.2f} ({time.time() - t0:.0f} s)")
     row = {"scale": scale, **{m: mean_std([r[m] for r in per_seed]) for m in ("gfid", "precision", "recall")},

@@ -323,7 +323,7 @@ def _evaluate(run: PriorRun, ctx, prior, tokenizer, generator, match) -> tuple[d
     progress = Progress(total, f"[{run.name} seed {run.tseed}] evaluate", ctx.log, every=30.0)
     rec, rec_grid = E.reconstruction(enc, dec, images, ref, ev, ctx.cache, progress=progress)
     k = ctx.data.num_classes
-    gen, samples = E.generation(model, cps, dec, norm, k, run.cfg.generator, ref, ev, ctx.cache,
+    gen, samples = E.generation(model, cps, dec, norm, k, run.cfg.generator, ctx.generation_reference, ev, ctx.cache,
                                 log=ctx.log, keep=4 * k, progress=progress)  # 4 per class, label = column
     z_ref, y_ref = prior.sample(ev.structure_n, torch.Generator().manual_seed(seed))
     x_s, y_s = ctx.structure_images
@@ -348,7 +348,7 @@ def _guidance(run: PriorRun, ctx, tokenizer, generator) -> dict:
     ev = run.cfg.eval
     model, _, gen_record = generator
     real = G.RealSets(ctx.reference, ctx.held_out[1], ctx.floor_features, ctx.floor_images[1],
-                      ctx.data.train.class_names)
+                      ctx.data.train.class_names, generation=ctx.generation_reference)
     ctx.log(f"[{run.name}] guidance sweep: CFG {', '.join(f'{w:g}' for w in ev.cfg_scales)}, gFID-{ev.gfid_n} x "
             f"{len(ev.seeds)} seeds each, per-class FID")
     progress = Progress(len(ev.cfg_scales) * len(ev.seeds) * ev.gfid_n, f"[{run.name} seed {run.tseed}] guidance",

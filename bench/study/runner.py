@@ -39,7 +39,7 @@ from bench.config import config_hash, neutral_keys, to_dict
 from bench.data import DataSpec, dataset_fingerprint, load_dataset
 from bench.errors import UserError
 from bench.io import atomic_write_json, atomic_write_png, environment, written_under
-from bench.metrics import fid
+from bench.metrics import fid, standard
 from bench.study import evaluate as E
 from bench.study import guidance as G
 from bench.study.aggregate import finish_prior
@@ -99,14 +99,24 @@ class Context:
         return fid.reference(self.floor_images[0], self.cache, self.cfg.eval.batch)["features"]
 
     @cached_property
+    def generation_reference(self) -> dict:
+        """What gFID, KID and precision/recall read against: the held-out images' statistics, or the ADM
+        reference batch eval.reference_batch (bench/metrics/standard.py study_reference)."""
+        path = self.cfg.eval.reference_batch
+        return self.reference if not path else standard.study_reference(path, self.cache)
+
+    @cached_property
     def floors(self) -> dict | None:
         """FID between N real train images and the held-out reference: what gFID-N reads for perfect samples."""
         ev = self.cfg.eval
         if D.rank() != 0:
             return None
         x, feats = self.floor_images[0], self.floor_features
-        return {"fid_real_vs_real": {"value": fid.fid_against_reference(feats, self.reference), "n": len(x),
-                                     "images": "class-balanced train images vs the held-out reference statistics",
+        ref, external = self.generation_reference, bool(ev.reference_batch)
+        return {"fid_real_vs_real": {"value": fid.fid_against_reference(feats, ref), "n": len(x),
+                                     "images": "class-balanced train images vs " + (
+                                         f"the reference batch {ev.reference_batch}" if external else
+                                         "the held-out reference statistics"),
                                      "compare_with": f"gFID-{ev.gfid_n} (same N); rFID uses N = {ev.ref_n}"}}
 
     @cached_property
