@@ -294,9 +294,10 @@ def _sample(argv) -> int:
     except OSError as e:
         raise UserError(f"Cannot write the samples file '{args.out}' ({e.strerror}); pass a path in a writable "
                         f"folder with --out.") from None
-    if (args.batch is not None and args.batch < 1) or (args.steps is not None and args.steps < 1) or (args.cfg_scale is not None
-                                                                         and not args.cfg_scale >= 0):
-        raise UserError("--batch and --steps must be at least 1 and --cfg-scale a number >= 0.")
+    too_small = [f"--{k} {v}" for k, v in (("batch", args.batch), ("steps", args.steps)) if v is not None and v < 1]
+    if too_small or (args.cfg_scale is not None and not args.cfg_scale >= 0):
+        raise UserError(f"Bad sampling setting ({', '.join(too_small) or f'--cfg-scale {args.cfg_scale}'}): --batch and "
+                        f"--steps must be at least 1 and --cfg-scale a number >= 0 (1: no guidance).")
     sample_run(Path(args.run_dir), args.prior, args.n, Path(args.out), args.training_seed, args.seed,
                args.cfg_scale, args.steps, args.batch, Cache(_writable_cache(args.cache_dir)))
     return 0
