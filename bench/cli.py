@@ -4,7 +4,7 @@
     python run_all.py toy2d [--out DIR] [--target s_curve] [--objectives dm,real_score]
     python run_all.py report DIR
     python run_all.py priors [--check]
-    python run_all.py sample RUN_DIR --prior NAME --n N --out SAMPLES.npz [--training-seed S]
+    python run_all.py sample RUN_DIR --prior NAME --num-samples N --out SAMPLES.npz [--training-seed S]
     python run_all.py score SAMPLES.npz REF.npz [--json OUT.json] [--inception-weights PATH]
 
 Bad input ends with one paragraph on stderr (exit code 2), never a bare traceback.
@@ -270,12 +270,13 @@ def _sample(argv) -> int:
     p = _Parser(prog="run_all.py sample", description=(
         "Write N samples of a finished study run's generator (EMA weights, decoded by its DMVAE decoder) as an "
         "ADM-layout .npz (arr_0 uint8 (N, H, W, 3), arr_1 labels) for run_all.py score or guided-diffusion's "
-        "evaluator. Labels are class-balanced and each sample's noise depends only on its index, so the file "
+        "evaluator (under torchrun the ranks share the work). Labels are class-balanced and each sample's noise depends only on its index, so the file "
         "does not depend on the number of processes (torchrun) or on resuming: a killed job resumes from its "
         "finished chunks (bench/study/sample.py)."))
     p.add_argument("run_dir", help="the --out folder of a finished study run")
     p.add_argument("--prior", required=True, help="which prior's generator")
-    p.add_argument("--n", type=int, required=True, help="number of samples (50000 for the standard protocol)")
+    p.add_argument("--num-samples", "-n", dest="n", type=int, required=True,
+                   help="number of samples (50000 for the standard protocol)")
     p.add_argument("--out", required=True, help="the .npz to write (chunks go to OUT.parts/ meanwhile)")
     p.add_argument("--training-seed", type=int, default=0, help="which training seed's generator (default 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0: the study's first gFID seed)")

@@ -814,7 +814,7 @@ def test_sample_writes_the_studys_gfid_samples_as_an_adm_npz_and_resumes(study, 
     out, _, res, _ = study
     n = res["meta"]["config"]["eval"]["gfid_n"]
     whole = tmp_path / "whole.npz"  # the run's own sampling batch (eval.batch): the study's samples bit for bit
-    assert main(["sample", str(out), "--prior", "gaussian", "--n", str(n), "--out", str(whole),
+    assert main(["sample", str(out), "--prior", "gaussian", "--num-samples", str(n), "--out", str(whole),
                  "--cache-dir", cache]) == 0
     x = np.load(whole)["arr_0"]
     assert x.shape == (n, 32, 32, 3) and x.dtype == np.uint8
@@ -837,7 +837,7 @@ def test_sample_writes_the_studys_gfid_samples_as_an_adm_npz_and_resumes(study, 
     y = np.load(S.sample_run(out, "gaussian", n, tmp_path / "resumed.npz", **quiet))["arr_0"]
     assert (y[:4] == 0).all() and np.array_equal(y[4:], fresh[4:]) and not parts.exists()
     assert np.abs(fresh.astype(int) - x.astype(int)).max() <= 2  # another batch size: float rounding only
-    assert main(["sample", str(out), "--prior", "dino", "--n", "4", "--out", str(tmp_path / "d.npz"),
+    assert main(["sample", str(out), "--prior", "dino", "--num-samples", "4", "--out", str(tmp_path / "d.npz"),
                  "--cache-dir", cache]) == 2
 
 
@@ -868,3 +868,32 @@ def test_reference_batch_of_the_held_out_images_gives_the_same_gfid(study, cache
     assert torch.equal(stored["mu"], torch.zeros(2048, dtype=torch.float64)) and "stored" in stored["source"]
     assert main([*FAST, "--priors", "gaussian", "--out", str(tmp_path / "bad"), "--cache-dir", cache,
                  "--set", f"eval.reference_batch={tmp_path / 'missing.npz'}"]) == 2
+
+
+@pytest.mark.slow  # the module's smoke study, then two torchrun processes
+def test_sample_over_two_torchrun_ranks_writes_the_single_process_file(study, cache, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from bench.cache import Cache
+    from bench.study import sample as S
+
+    out = study[0]
+    script = tmp_path / "sample4.py"  # chunks of 4, so both ranks write some
+    script.write_text("import sys\nfrom pathlib import Path\nfrom bench.cache import Cache\nfrom bench.study import sample as S\n"
+                      f"S.CHUNK = 4\nS.sample_run(Path({str(out)!r}), 'gaussian', 14, Path(sys.argv[1]), batch=4, "
+                      f"cache=Cache({cache!r}))\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "two.npz")], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1: samples" in proc.stdout + proc.stderr
+    monkeypatch.setattr(S, "CHUNK", 4)
+    one = S.sample_run(out, "gaussian", 14, tmp_path / "one.npz", batch=4, cache=Cache(cache), log=lambda *a: None)
+    a, b = np.load(one), np.load(tmp_path / "two.npz")
+    assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])

@@ -1,6 +1,6 @@
 """Samples of a finished study run, in the ADM `.npz` layout the field's evaluator reads.
 
-    run_all.py sample RUN_DIR --prior NAME --n N --out SAMPLES.npz [--training-seed S] [--seed 0]
+    run_all.py sample RUN_DIR --prior NAME --num-samples N --out SAMPLES.npz [--training-seed S] [--seed 0]
                       [--cfg-scale 1.0] [--steps K]
     torchrun --nproc_per_node 8 run_all.py sample ...     # the same file, N / 8 samples per GPU
 
@@ -107,7 +107,7 @@ def sample_run(run_dir: Path, prior: str, n: int, out: Path, training_seed: int 
     from bench.metrics.adm_npz import to_adm_array
 
     if n < 1:
-        raise UserError(f"--n must be at least 1 (got {n}).")
+        raise UserError(f"--num-samples must be at least 1 (got {n}).")
     D.init()
     cfg, run, ctx = load_run(run_dir, prior, training_seed, cache or Cache())
     model, decoder, norm = load_sampler(run, ctx.data)
