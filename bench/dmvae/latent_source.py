@@ -46,6 +46,14 @@ class CachedLatents:
         self.latents, self.mirrored = latents, mirrored
         self.table = None if mirrored is None else torch.cat([latents, mirrored])  # row i + N: image i mirrored
 
+    @classmethod
+    def of_table(cls, table: torch.Tensor) -> "CachedLatents":
+        """From a (2N, C, h, w) table whose row i + N is image i mirrored, without copying it."""
+        out = cls.__new__(cls)
+        n = len(table) // 2
+        out.latents, out.mirrored, out.table = table[:n], table[n:], table
+        return out
+
     def __len__(self) -> int:
         return len(self.latents)
 
@@ -96,6 +104,16 @@ def cache_latents(encoder: nn.Module, images: torch.Tensor, norm: LatentNorm, fl
     encoder.eval()
 
     def enc(mirror: bool):  # batch by batch: images may be an ImageArray (bench/image_store.py)
-        return torch.cat([encoder((b.flip(-1) if mirror else b).to(dev)).float().cpu() for b in images.split(batch)])
-    raw = enc(False) if raw is None else raw
-    return CachedLatents(norm.apply(raw), norm.apply(enc(True)) if flip else None)
+        for b in images.split(batch):
+            yield encoder((b.flip(-1) if mirror else b).to(dev)).float().cpu()
+    raw = torch.cat(list(enc(False))) if raw is None else raw
+    if not flip:
+        return CachedLatents(norm.apply(raw))
+    n = len(raw)  # one table, filled in place: raw plus 2N rows at the peak, not five copies
+    table = torch.empty((2 * n, *raw.shape[1:]), dtype=raw.dtype)
+    table[:n] = norm.apply(raw)
+    lo = n
+    for z in enc(True):
+        table[lo:lo + len(z)] = norm.apply(z)
+        lo += len(z)
+    return CachedLatents.of_table(table)
