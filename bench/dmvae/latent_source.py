@@ -40,18 +40,14 @@ class CachedLatents:
 
     kind = "cached"
 
-    def __init__(self, latents: torch.Tensor, mirrored: torch.Tensor | None = None):
-        if mirrored is not None and mirrored.shape != latents.shape:
-            raise ValueError(f"mirrored latents {tuple(mirrored.shape)} do not match {tuple(latents.shape)}")
-        self.latents, self.mirrored = latents, mirrored
-        self.table = None if mirrored is None else torch.cat([latents, mirrored])  # row i + N: image i mirrored
+    def __init__(self, latents: torch.Tensor):
+        self.latents, self.mirrored, self.table = latents, None, None
 
     @classmethod
     def of_table(cls, table: torch.Tensor) -> "CachedLatents":
-        """From a (2N, C, h, w) table whose row i + N is image i mirrored, without copying it."""
-        out = cls.__new__(cls)
-        n = len(table) // 2
-        out.latents, out.mirrored, out.table = table[:n], table[n:], table
+        """From a (2N, C, h, w) table whose row i + N is image i mirrored (cache_latents fills it in place)."""
+        out = cls(table[:len(table) // 2])
+        out.mirrored, out.table = table[len(table) // 2:], table
         return out
 
     def __len__(self) -> int:
